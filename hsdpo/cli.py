@@ -1,0 +1,97 @@
+"""`hsdpo <stage> CONFIG [key=value ...]`, `hsdpo pipeline CONFIG`, `hsdpo demo`.
+
+Every stage runs unchanged as a Ray job:
+    ray job submit --working-dir . -- hsdpo <stage> jobs/<recipe>.yaml [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Callable
+
+from hsdpo.config import STAGES, ConfigError, PipelineConfig, load_config, with_overrides
+from hsdpo.rundir import StageResult
+
+# stage -> "module:function"; imported lazily so `hsdpo --help` stays fast.
+RUNNERS = {
+    "data": "hsdpo.data.stage:run_data",
+    "sft": "hsdpo.train.sft:run_sft",
+    "sample": "hsdpo.sampling.stage:run_sample",
+    "pairs": "hsdpo.pairs_stage:run_pairs",
+    "reflogp": "hsdpo.train.reflogp:run_reflogp",
+    "dpo": "hsdpo.train.dpo:run_dpo",
+    "eval": "hsdpo.eval.stage:run_eval",
+}
+HELP = {
+    "data": "read problem sources into problems/",
+    "sft": "supervised fine-tuning (Ray Train + DeepSpeed)",
+    "sample": "sample N solutions per problem and verify them (one Ray Data stream)",
+    "pairs": "mine hard-negative preference pairs with verifier weights",
+    "reflogp": "cache reference log-probs of the pairs (Ray Data actors)",
+    "dpo": "verifier-weighted DPO (Ray Train + DeepSpeed)",
+    "eval": "greedy eval of models with the verifier; summary.json and report.md",
+}
+
+
+def runner(stage: str) -> Callable[..., StageResult]:
+    module, fn = RUNNERS[stage].split(":")
+    try:
+        return getattr(importlib.import_module(module), fn)
+    except (ImportError, AttributeError) as err:
+        raise SystemExit(f"hsdpo: stage {stage!r} is not available in this version ({err})") from None
+
+
+def run_pipeline(cfg: PipelineConfig, force: tuple[str, ...] = ()) -> list[StageResult]:
+    """Run `cfg.steps` in order; a step whose outputs are complete and current is skipped."""
+    results = []
+    for step in cfg.steps:
+        step_cfg = with_overrides(cfg, step.overrides) if step.overrides else cfg
+        output = getattr(step_cfg, step.stage).output
+        results.append(runner(step.stage)(step_cfg, force=step.stage in force or output in force))
+    return results
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hsdpo", description="Verifier-guided hard-negative DPO on Ray.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for stage in STAGES:
+        s = sub.add_parser(stage, help=HELP[stage])
+        s.add_argument("config", help="recipe YAML (jobs/*.yaml)")
+        s.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. dpo.beta=0.2")
+        s.add_argument("--force", action="store_true", help="re-run even if its outputs are current")
+    s = sub.add_parser("pipeline", help="run every step of the recipe, skipping finished ones")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage (or output folder)")
+    s = sub.add_parser("demo", help="the embedded demo: jobs/tiny.yaml into runs/demo on local Ray")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--force", action="append", default=[], metavar="STAGE")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            from hsdpo.demo import run_demo
+
+            run_demo(args.overrides, tuple(args.force))
+            return 0
+        cfg = load_config(args.config, args.overrides)
+        if args.command == "pipeline":
+            run_pipeline(cfg, tuple(args.force))
+        else:
+            runner(args.command)(cfg, force=args.force)
+    except ConfigError as err:
+        print(f"hsdpo: {err}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as err:
+        print(f"hsdpo: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

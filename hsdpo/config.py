@@ -1,0 +1,149 @@
+"""The root config: one typed, validated section per stage, loaded from YAML plus overrides.
+
+    cfg = load_config("jobs/tiny.yaml", ["dpo.beta=0.2", "run_dir=/tmp/x"])
+
+Every error (missing file, bad YAML, unknown key, wrong type, malformed override) is a
+`ConfigError` whose message is one line naming the path or the dotted key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field, ValidationError
+
+from hsdpo.configbase import StrictModel
+from hsdpo.data.config import DataConfig
+from hsdpo.eval.config import EvalConfig
+from hsdpo.model import ModelConfig
+from hsdpo.pairs import PairsConfig
+from hsdpo.sampling.config import SampleConfig
+from hsdpo.train.config import DPOConfig, RefLogpConfig, SFTConfig
+from hsdpo.verifier.config import VerifierConfig
+
+STAGES = ("data", "sft", "sample", "pairs", "reflogp", "dpo", "eval")
+
+
+class ConfigError(ValueError):
+    """A one-line, user-facing config problem."""
+
+
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="Ray address; None = $RAY_ADDRESS or a new local Ray")
+    num_cpus: int | None = Field(None, description="CPUs for a new local Ray (None = all)")
+    object_store_memory_gb: float | None = Field(None, description="object store size for a new local Ray")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="runtime_env for ray.init")
+
+
+class StageSpec(StrictModel):
+    stage: str = Field(description="one of " + ", ".join(STAGES))
+    overrides: list[str] = Field(default_factory=list, description="dotted key=value applied for this step")
+
+    def model_post_init(self, _ctx: Any) -> None:
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; stages: {', '.join(STAGES)}")
+
+
+def _default_steps() -> list[StageSpec]:
+    return [StageSpec(stage=s) for s in STAGES]
+
+
+class PipelineConfig(StrictModel):
+    name: str = Field("run", description="experiment name, for logs and reports")
+    run_dir: str = Field("runs/default", description="local path or fsspec URI (s3://, gs://)")
+    seed: int = Field(0, description="global seed; each stage derives its own")
+    ray: RayConfig = Field(default_factory=RayConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    reflogp: RefLogpConfig = Field(default_factory=RefLogpConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    steps: list[StageSpec] = Field(default_factory=_default_steps, description="what `hsdpo pipeline` runs, in order")
+
+    def section_hash(self, *keys: str) -> str:
+        """Stable hash of some top-level sections: what a stage's outputs depend on."""
+        dumped = self.model_dump(mode="json")
+        blob = json.dumps({k: dumped[k] for k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _parse_value(raw: str) -> Any:
+    """Override values are YAML scalars/flows: `0.2`, `true`, `[1, 2]`, `null`, `s3://b/x`."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_override(tree: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {item!r} has an empty key part")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = child
+    node[parts[-1]] = _parse_value(raw)
+
+
+def _format_error(err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<root>"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        return f"unknown config key: {loc}"
+    more = f" (+{err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    value = first.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r:.60})"
+    return f"bad config value at {loc}: {first['msg']}{shown}{more}"
+
+
+def config_from_dict(tree: dict[str, Any], overrides: list[str] = ()) -> PipelineConfig:
+    tree = json.loads(json.dumps(tree))  # deep copy, plain types
+    for item in overrides:
+        apply_override(tree, item)
+    try:
+        return PipelineConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_error(err)) from None
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> PipelineConfig:
+    tree: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config file {p}{where} is not valid YAML") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"config file {p} must hold a mapping at top level")
+    return config_from_dict(tree, list(overrides))
+
+
+def with_overrides(cfg: PipelineConfig, overrides: list[str]) -> PipelineConfig:
+    return config_from_dict(cfg.model_dump(mode="json"), overrides)
+
+
+def dump_config(cfg: PipelineConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

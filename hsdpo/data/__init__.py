@@ -1,0 +1,1 @@
+"""Problem sources (GSM8K, MATH, MetaMathQA, synthetic) and the `data` stage (hsdpo.data.stage)."""

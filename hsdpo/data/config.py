@@ -1,0 +1,37 @@
+"""Data-source config: which problem sets make up `problems/`."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from hsdpo.configbase import StrictModel
+
+Op = Literal["add", "sub", "mul", "div", "double", "half"]
+
+
+class SyntheticConfig(StrictModel):
+    num_problems: int = Field(1000, ge=1, description="problems generated")
+    min_steps: int = Field(1, ge=1, le=4, description="fewest computation steps in a problem")
+    max_steps: int = Field(2, ge=1, le=4, description="most computation steps in a problem")
+    min_value: int = Field(1, ge=0, description="smallest number a problem states")
+    max_value: int = Field(20, ge=1, description="largest number a problem states")
+    ops: list[Op] = Field(default_factory=lambda: ["add", "sub", "double"], description="operations used")
+
+
+class SourceConfig(StrictModel):
+    name: Literal["gsm8k", "math", "metamathqa", "synthetic"] = Field(description="source format")
+    path: str | None = Field(None, description="local JSON/JSONL file; None = the hub dataset")
+    hub_id: str | None = Field(None, description="hub dataset id (default per source)")
+    hub_split: str = Field("train", description="split of the hub dataset")
+    split: str = Field("train", description="split label written to problems/ (train, test, ...)")
+    limit: int | None = Field(None, ge=1, description="keep at most this many rows (after reading)")
+    seed: int = Field(0, description="added to the run seed (synthetic draws)")
+    synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+
+class DataConfig(StrictModel):
+    output: str = Field("problems", description="run-dir folder written")
+    sources: list[SourceConfig] = Field(default_factory=list, description="problem sources, concatenated")
+    drop_test_overlap: bool = Field(True, description="drop non-train rows whose question also appears in train")

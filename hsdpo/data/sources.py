@@ -1,0 +1,110 @@
+"""Readers that turn each source format into normalized problem rows.
+
+Row schema (`problems/`): problem_id, question, gold_answer, gold_solution, source, split, num_steps.
+A row that cannot be used becomes a reject with a reason; nothing here raises on bad rows.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from hsdpo.data.config import SourceConfig
+from hsdpo.data.synthetic import generate
+from hsdpo.verifier.answers import extract_answer
+
+HUB_IDS = {"gsm8k": "openai/gsm8k", "metamathqa": "meta-math/MetaMathQA", "math": "HuggingFaceH4/MATH-500"}
+HUB_CONFIGS = {"openai/gsm8k": "main"}
+# field names per format: (question, solution)
+FIELDS = {"gsm8k": ("question", "answer"), "math": ("question", "answer"), "metamathqa": ("query", "response"), "synthetic": ("question", "answer")}
+
+Reject = dict[str, Any]
+
+
+def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
+    """JSONL (one object a line) or a JSON array. A bad line is yielded as a reject, not raised."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"data file not found: {p}")
+    with p.open(encoding="utf-8", errors="replace") as f:
+        head = f.read(1)
+        while head and head.isspace():
+            head = f.read(1)
+        f.seek(0)
+        if head == "[":
+            try:
+                records = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{p} is not valid JSON: {err.msg} at line {err.lineno}") from None
+            for rec in records:
+                yield rec if isinstance(rec, dict) else {"__reject__": "not_an_object", "row": rec}
+            return
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                yield {"__reject__": "bad_json", "row": f"line {lineno}: {line[:200]}"}
+                continue
+            yield rec if isinstance(rec, dict) else {"__reject__": "not_an_object", "row": rec}
+
+
+def read_hub(src: SourceConfig) -> Iterator[dict[str, Any]]:
+    from datasets import load_dataset
+
+    hub_id = src.hub_id or HUB_IDS[src.name]
+    ds = load_dataset(hub_id, HUB_CONFIGS.get(hub_id), split=src.hub_split)
+    yield from ds
+
+
+def count_steps(solution: str) -> int:
+    """GSM8K-style: calculator annotations; otherwise non-empty lines before the answer line."""
+    ann = solution.count("<<")
+    if ann:
+        return ann
+    lines = [ln for ln in solution.splitlines() if ln.strip() and not re.match(r"\s*(####|The answer is)", ln)]
+    return max(len(lines), 1)
+
+
+def normalize(rec: dict[str, Any], src: SourceConfig, index: int) -> dict[str, Any]:
+    """One raw record -> a problem row, or a reject dict with `reason`."""
+    if "__reject__" in rec:
+        return {"reason": rec["__reject__"], "row": rec.get("row"), "source": src.name}
+    qkey, skey = FIELDS[src.name]
+    question, solution = rec.get(qkey), rec.get(skey)
+    if not isinstance(question, str) or not isinstance(solution, str):
+        return {"reason": f"missing_field:{qkey if not isinstance(question, str) else skey}", "row": rec, "source": src.name}
+    if not question.strip() or not solution.strip():
+        return {"reason": "empty_text", "row": rec, "source": src.name}
+    extraction = extract_answer(solution)
+    if extraction.answer is None or extraction.rule == "last_number" and src.name != "math":
+        return {"reason": "unparseable_gold", "row": rec, "source": src.name}
+    label = src.name if src.name != "metamathqa" else f"metamathqa/{rec.get('type', 'unknown')}"
+    return {
+        "problem_id": f"{src.name}-{src.split}-{src.seed}-{index:07d}",
+        "question": question.strip(),
+        "gold_answer": extraction.answer,
+        "gold_solution": solution.strip(),
+        "source": label,
+        "split": src.split,
+        "num_steps": int(rec.get("num_steps") or count_steps(solution)),
+    }
+
+
+def load_source(src: SourceConfig, run_seed: int) -> tuple[list[dict[str, Any]], list[Reject]]:
+    if src.name == "synthetic":
+        records: Any = generate(src.synthetic, seed=run_seed * 1_000_003 + src.seed)
+    elif src.path:
+        records = read_json_records(src.path)
+    else:
+        records = read_hub(src)
+    rows, rejects = [], []
+    for i, rec in enumerate(records):
+        if src.limit is not None and len(rows) >= src.limit:
+            break
+        out = normalize(rec, src, i)
+        (rejects if "reason" in out else rows).append(out)
+    return rows, rejects

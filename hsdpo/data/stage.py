@@ -1,0 +1,59 @@
+"""The `data` stage: read the configured sources into the normalized `problems/` table.
+
+    hsdpo data jobs/tiny.yaml                      # local
+    ray job submit --working-dir . -- hsdpo data jobs/qwen2.5-1.5b-metamath.yaml
+
+Output: `<run_dir>/problems/problems.parquet` (problem_id, question, gold_answer, gold_solution,
+source, split, num_steps), `_rejects/` with reasons, and `_manifest.json`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hsdpo.config import PipelineConfig
+from hsdpo.rundir import StageResult, join
+from hsdpo.stage import run_stage, write_rejects, write_rows
+
+
+def _build(cfg: PipelineConfig, out: str) -> StageResult:
+    from hsdpo.data.sources import load_source
+
+    rows: list[dict[str, Any]] = []
+    rejects: list[dict[str, Any]] = []
+    for src in cfg.data.sources:
+        got, bad = load_source(src, cfg.seed)
+        rows += got
+        rejects += bad
+    if cfg.data.drop_test_overlap:
+        train_q = {r["question"] for r in rows if r["split"] == "train"}
+        keep = []
+        for r in rows:
+            if r["split"] != "train" and r["question"] in train_q:
+                rejects.append({"reason": "overlaps_train", "row": r["problem_id"], "source": r["source"]})
+            else:
+                keep.append(r)
+        rows = keep
+    if not rows:
+        raise ValueError("data: no usable problems (check data.sources)")
+    write_rows(rows, join(out, "problems.parquet"))
+    by_split: dict[str, int] = {}
+    for r in rows:
+        by_split[r["split"]] = by_split.get(r["split"], 0) + 1
+    return StageResult(stage="data", output=cfg.data.output, path=out, rows={"problems": len(rows), **by_split},
+                       rejects=write_rejects(out, rejects))
+
+
+def run_data(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    return run_stage(cfg, stage="data", output=cfg.data.output, inputs=[], sections=("data", "seed"),
+                     body=lambda out: _build(cfg, out), force=force)
+
+
+def load_problems(cfg: PipelineConfig, split: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+    from hsdpo.rundir import RunDir
+    from hsdpo.stage import read_rows
+
+    rows = read_rows(RunDir(cfg.run_dir).path(cfg.data.output))
+    if split is not None:
+        rows = [r for r in rows if r["split"] == split]
+    return rows[:limit] if limit is not None else rows

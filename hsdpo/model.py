@@ -1,0 +1,122 @@
+"""Models and tokenizers: build a tokenizer from a corpus, tiny Qwen2 configs from presets, or load
+any causal LM by hub name or path. Everything saved loads with AutoModelForCausalLM/AutoTokenizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Literal
+
+from pydantic import Field
+
+from hsdpo.configbase import StrictModel
+from hsdpo.prompts import Template
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+
+# Qwen2-architecture presets (random init). `tiny` trains in minutes on 2 CPU cores.
+PRESETS: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
+    "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4),
+}
+
+
+class TokenizerBuildConfig(StrictModel):
+    kind: Literal["bpe", "char"] = Field("bpe", description="bpe with single-digit numbers, or one token a character")
+    vocab_size: int = Field(512, ge=64, description="BPE vocabulary size (special tokens included)")
+
+
+class ModelConfig(StrictModel):
+    name_or_path: str | None = Field(None, description="hub id or local folder; None = build from `preset`")
+    preset: Literal["tiny", "small"] = Field("tiny", description="Qwen2 shape when building from scratch")
+    tokenizer: str | None = Field(None, description="tokenizer hub id or folder; None = same as model, or built from the training corpus")
+    build_tokenizer: TokenizerBuildConfig = Field(default_factory=TokenizerBuildConfig)
+    max_position_embeddings: int = Field(1024, description="context length of a model built from a preset")
+    trust_remote_code: bool = Field(False, description="allow a hub model's own code to run")
+    prompt_template: Template = Field("qa", description="prompt format (hsdpo.prompts)")
+
+
+def build_tokenizer(corpus: Iterable[str], out_dir: str | Path | None = None, cfg: TokenizerBuildConfig | None = None):
+    """Train a fast tokenizer on `corpus`; numbers split into single digits (arithmetic stays learnable)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    cfg = cfg or TokenizerBuildConfig()
+    texts = list(corpus)
+    specials = [EOS, PAD]
+    if cfg.kind == "char":
+        chars = sorted({c for t in texts for c in t})
+        vocab = {tok: i for i, tok in enumerate(specials + chars)}
+        tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=PAD))
+        tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+        tok.decoder = decoders.Fuse()
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        )
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=cfg.vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD, padding_side="left")
+    if out_dir is not None:
+        fast.save_pretrained(str(out_dir))
+    return fast
+
+
+def tiny_config(preset: str, vocab_size: int, max_position_embeddings: int = 1024, eos_token_id: int = 0, pad_token_id: int = 1):
+    from transformers import Qwen2Config
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; presets: {', '.join(PRESETS)}")
+    return Qwen2Config(
+        vocab_size=vocab_size,
+        max_position_embeddings=max_position_embeddings,
+        tie_word_embeddings=True,
+        eos_token_id=eos_token_id,
+        bos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        **PRESETS[preset],
+    )
+
+
+def build_model(preset: str, tokenizer, max_position_embeddings: int = 1024, seed: int = 0):
+    """A randomly initialised Qwen2 model of a preset shape, sized to `tokenizer`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = tiny_config(preset, len(tokenizer), max_position_embeddings, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return AutoModelForCausalLM.from_config(config)
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
+    return model.to(device) if device else model
+
+
+def resolve_model_path(run_dir: str, ref: str) -> str:
+    """`ref` is a run-dir stage folder holding a model (`sft`, `dpo`), or a path / hub id.
+    Stage folders keep the HF model under `<stage>/model/`."""
+    from hsdpo.rundir import RunDir, _fs
+
+    rd = RunDir(run_dir)
+    candidate = rd.path(ref, "model")
+    fs, p = _fs(candidate)
+    if fs.exists(p + "/config.json"):
+        return candidate
+    return ref

@@ -1,0 +1,101 @@
+"""What every stage shares: skip-if-current, clean start, manifest last, end-of-stage table.
+
+    def run_data(cfg):
+        return run_stage(cfg, stage="data", output="problems", inputs=[],
+                         sections=("data", "seed"), body=lambda out: _write_problems(cfg, out))
+
+`body(out_dir)` does the work into the (emptied) stage folder and returns a `StageResult`; the
+manifest is written only after it returns, so a killed stage leaves no manifest behind.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hsdpo.config import PipelineConfig, dump_config
+from hsdpo.rundir import REJECTS, RunDir, StageResult, _fs, join, list_files
+
+
+def log(msg: str) -> None:
+    print(f"[hsdpo] {msg}", file=sys.stderr, flush=True)
+
+
+def run_stage(
+    cfg: PipelineConfig,
+    *,
+    stage: str,
+    output: str,
+    inputs: list[str],
+    sections: tuple[str, ...],
+    body: Callable[[str], StageResult],
+    force: bool = False,
+) -> StageResult:
+    rd = RunDir(cfg.run_dir)
+    config_hash = cfg.section_hash(*sections) + ":" + output
+    if not force and rd.is_current(output, config_hash, inputs):
+        log(f"{stage} -> {rd.path(output)}: complete and current, skipped")
+        return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)
+    for name in inputs:
+        rd.require(name)
+    log(f"{stage} -> {rd.path(output)}; resolved config:\n{dump_config(cfg)}")
+    out = rd.reset(output)
+    t0 = time.perf_counter()
+    result = body(out)
+    result.wall_s = time.perf_counter() - t0
+    result.stage, result.output, result.path = stage, output, out
+    rd.finish(result, config_hash, inputs, cfg.model_dump(mode="json"))
+    print(format_table(result), flush=True)
+    return result
+
+
+def format_table(result: StageResult) -> str:
+    rows: list[tuple[str, Any]] = [("stage", f"{result.stage} -> {result.path}")]
+    rows += [(f"rows: {k}", v) for k, v in result.rows.items()]
+    rows += [(f"rejects: {k}", v) for k, v in result.rejects.items()]
+    for k, v in result.metrics.items():
+        if isinstance(v, (int, float, str)):
+            rows.append((k, f"{v:.4g}" if isinstance(v, float) else v))
+    rows.append(("wall time", f"{result.wall_s:.1f} s"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+# ---- tables -------------------------------------------------------------------------------------
+
+def write_rows(rows: list[dict[str, Any]], path: str, schema: pa.Schema | None = None) -> int:
+    """Write rows as one Parquet file (the folder is created); returns the row count."""
+    table = pa.Table.from_pylist(rows, schema=schema)
+    fs, p = _fs(path)
+    fs.makedirs(p.rsplit("/", 1)[0], exist_ok=True)
+    with fs.open(p, "wb") as f:
+        pq.write_table(table, f)
+    return table.num_rows
+
+
+def read_rows(folder: str) -> list[dict[str, Any]]:
+    """All rows of a stage's Parquet files (rejects and manifests excluded), in file order."""
+    tables = []
+    for f in list_files(folder, ".parquet"):
+        fs, p = _fs(f)
+        with fs.open(p, "rb") as fh:
+            tables.append(pq.read_table(fh))
+    if not tables:
+        return []
+    return pa.concat_tables(tables, promote_options="default").to_pylist()
+
+
+def write_rejects(out_dir: str, rejects: list[dict[str, Any]]) -> dict[str, int]:
+    """Rows that cannot be used go to `<stage>/_rejects/` with a `reason`; returns counts by reason."""
+    if not rejects:
+        return {}
+    rows = [{"reason": r["reason"], "row": str(r.get("row"))[:2000], "source": r.get("source", "")} for r in rejects]
+    write_rows(rows, join(out_dir, REJECTS, "rejects.parquet"))
+    counts: dict[str, int] = {}
+    for r in rejects:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+    return counts

@@ -1,0 +1,1 @@
+"""The MathVerifier: pure Python (no ray, torch or deepspeed)."""
