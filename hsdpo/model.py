@@ -17,6 +17,7 @@ PAD = "<|pad|>"
 
 # Qwen2-architecture presets (random init). `tiny` trains in minutes on 2 CPU cores.
 PRESETS: dict[str, dict[str, int]] = {
+    "micro": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2),
     "tiny": dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2),
     "small": dict(hidden_size=256, intermediate_size=768, num_hidden_layers=6, num_attention_heads=8, num_key_value_heads=4),
 }
@@ -29,7 +30,7 @@ class TokenizerBuildConfig(StrictModel):
 
 class ModelConfig(StrictModel):
     name_or_path: str | None = Field(None, description="hub id or local folder; None = build from `preset`")
-    preset: Literal["tiny", "small"] = Field("tiny", description="Qwen2 shape when building from scratch")
+    preset: Literal["micro", "tiny", "small"] = Field("tiny", description="Qwen2 shape when building from scratch")
     tokenizer: str | None = Field(None, description="tokenizer hub id or folder; None = same as model, or built from the training corpus")
     build_tokenizer: TokenizerBuildConfig = Field(default_factory=TokenizerBuildConfig)
     max_position_embeddings: int = Field(1024, description="context length of a model built from a preset")
