@@ -7,8 +7,9 @@ from dataclasses import dataclass
 
 MAX_SCAN = 200_000  # characters of a solution looked at for its answer
 
-_HASH = re.compile(r"####\s*([^\n]*)")
-_ANSWER_IS = re.compile(r"[Tt]he (?:final )?answer is:?\s*([^\n]*)")
+# lookaheads, so that the last of several markers on one line is found
+_HASH = re.compile(r"(?=####\s*([^\n]*))")
+_ANSWER_IS = re.compile(r"(?=[Tt]he (?:final )?answer is:?\s*([^\n]*))")
 _NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 
 

@@ -1,0 +1,79 @@
+"""Config loading: YAML + dotted overrides, one-line errors naming the key or path."""
+
+from __future__ import annotations
+
+import pytest
+
+from hsdpo.config import ConfigError, PipelineConfig, load_config
+
+REPO_JOBS = __import__("pathlib").Path(__file__).resolve().parents[2] / "jobs"
+
+
+def write(tmp_path, text: str):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_overrides_apply_with_types(tmp_path):
+    cfg = load_config(write(tmp_path, "run_dir: /a\n"), ["dpo.beta=0.2", "run_dir=/tmp/x", "sample.n=4", "pairs.use_gold=false"])
+    assert cfg.dpo.beta == 0.2 and cfg.run_dir == "/tmp/x" and cfg.sample.n == 4 and cfg.pairs.use_gold is False
+
+
+def test_no_file_gives_defaults():
+    assert load_config(None) == PipelineConfig()
+
+
+@pytest.mark.parametrize(
+    "yaml_text, overrides, message",
+    [
+        ("dpo: {bta: 1}\n", [], "unknown config key: dpo.bta"),
+        ("", ["dpo.bta=1"], "unknown config key: dpo.bta"),
+        ("", ["nosuch=1"], "unknown config key: nosuch"),
+        ("dpo: {beta: abc}\n", [], "bad config value at dpo.beta"),
+        ("", ["sample.n=many"], "bad config value at sample.n"),
+        ("", ["sample.n=0"], "bad config value at sample.n"),
+        ("", ["dpo.beta"], "is not of the form key=value"),
+        ("", ["dpo..beta=1"], "empty key part"),
+        ("run_dir: /a\n", ["run_dir.x=1"], "run_dir is not a section"),
+        ("", ["run_dir.x=1"], "bad config value at run_dir"),
+        ("data: {sources: [{name: nope}]}\n", [], "bad config value at data.sources.0.name"),
+        ("- a\n- b\n", [], "must hold a mapping"),
+        ("a: [\n", [], "is not valid YAML"),
+    ],
+)
+def test_errors_are_one_line_and_name_the_key(tmp_path, yaml_text, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, yaml_text), overrides)
+    text = str(err.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_missing_file_names_path(tmp_path):
+    with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml$"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_reports_config_errors_on_one_line(tmp_path, capsys):
+    from hsdpo.cli import main
+
+    assert main(["data", str(write(tmp_path, "")), "dpo.bta=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "hsdpo: unknown config key: dpo.bta"
+
+
+def test_section_hash_tracks_only_named_sections():
+    a = load_config(None)
+    b = load_config(None, ["dpo.beta=0.5"])
+    assert a.section_hash("data", "seed") == b.section_hash("data", "seed")
+    assert a.section_hash("dpo") != b.section_hash("dpo")
+
+
+def test_every_recipe_parses():
+    recipes = sorted(REPO_JOBS.glob("*.yaml"))
+    assert any(p.name == "tiny.yaml" for p in recipes)
+    for p in recipes:
+        if p.name == "runtime_env.yaml":
+            continue
+        load_config(p)

@@ -1,0 +1,172 @@
+"""Data sources on the real shared files, the synthetic generator, rejects, and resumable stages."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+
+from hsdpo.config import load_config
+from hsdpo.data.config import SourceConfig, SyntheticConfig
+from hsdpo.data.sources import load_source
+from hsdpo.data.stage import load_problems, run_data
+from hsdpo.data.synthetic import generate
+from hsdpo.rundir import RunDir
+from hsdpo.stage import read_rows
+
+
+def test_gsm8k_train_and_test_load_with_every_answer(data_dir):
+    for split, expected in [("train", 7473), ("test", 1319)]:
+        rows, rejects = load_source(SourceConfig(name="gsm8k", path=str(data_dir / "gsm8k" / f"{split}.jsonl"), split=split), 0)
+        assert len(rows) == expected and rejects == []
+        raw = [json.loads(line) for line in (data_dir / "gsm8k" / f"{split}.jsonl").read_text().splitlines()]
+        # independent check: the text after '####' is the gold answer
+        assert [r["gold_answer"] for r in rows] == [a["answer"].split("####")[-1].strip() for a in raw]
+        assert len({r["problem_id"] for r in rows}) == expected
+        assert all(r["num_steps"] >= 1 for r in rows)
+
+
+def test_math500_loads_with_every_answer(data_dir):
+    rows, rejects = load_source(SourceConfig(name="math", path=str(data_dir / "math500" / "test.jsonl"), split="test"), 0)
+    assert len(rows) == 500 and rejects == []
+    raw = [json.loads(line) for line in (data_dir / "math500" / "test.jsonl").read_text().splitlines()]
+    assert [r["gold_answer"] for r in rows] == [a["answer"].rsplit("The answer is:", 1)[1].strip() for a in raw]
+    assert rows[0]["gold_answer"] == r"\left( 3, \frac{\pi}{2} \right)"
+
+
+def test_metamathqa_local_json_in_hub_format(tmp_path):
+    recs = [
+        {"query": "What is 2+3?", "response": "2+3=5\nThe answer is: 5", "type": "GSM_Rephrased"},
+        {"query": "Find x.", "response": "So $x=\\boxed{\\frac{1}{2}}$.\nThe answer is: \\frac{1}{2}", "type": "MATH_AnsAug"},
+        {"query": "", "response": "The answer is: 1", "type": "GSM_SV"},
+        {"query": "No answer?", "response": "I do not know.", "type": "GSM_SV"},
+        {"response": "The answer is: 3", "type": "GSM_SV"},
+    ]
+    path = tmp_path / "mm.json"
+    path.write_text(json.dumps(recs))
+    rows, rejects = load_source(SourceConfig(name="metamathqa", path=str(path)), 0)
+    assert [r["gold_answer"] for r in rows] == ["5", "\\frac{1}{2}"]
+    assert [r["source"] for r in rows] == ["metamathqa/GSM_Rephrased", "metamathqa/MATH_AnsAug"]
+    assert sorted(r["reason"] for r in rejects) == ["empty_text", "missing_field:query", "unparseable_gold"]
+
+
+def _recheck(solution: str) -> bool:
+    """Independent of the generator: every <<a op b=c>> holds, chained, and #### is the last result."""
+    results = []
+    for expr, result in re.findall(r"<<([^=>]+)=([^>]+)>>", solution):
+        m = re.fullmatch(r"(\d+)([-+*/])(\d+)", expr)
+        if not m:
+            return False
+        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
+        value = {"+": Fraction(a + b), "-": Fraction(a - b), "*": Fraction(a * b), "/": Fraction(a, b)}[op]
+        if value != Fraction(result) or (results and a != results[-1]) or value < 0:
+            return False
+        results.append(value)
+    return bool(results) and Fraction(solution.rsplit("####", 1)[1].strip()) == results[-1]
+
+
+def test_synthetic_is_deterministic_and_always_right():
+    cfg = SyntheticConfig(num_problems=10_000, min_steps=1, max_steps=4, max_value=50, ops=["add", "sub", "mul", "div", "double", "half"])
+    a, b = list(generate(cfg, 7)), list(generate(cfg, 7))
+    assert a == b and a != list(generate(cfg, 8))
+    assert all(_recheck(p["answer"]) for p in a)
+    assert {p["num_steps"] for p in a} == {1, 2, 3, 4}
+    assert all(p["answer"].count("<<") == p["num_steps"] for p in a)
+
+
+def test_synthetic_respects_knobs():
+    cfg = SyntheticConfig(num_problems=500, min_steps=2, max_steps=2, max_value=9, ops=["add"])
+    for p in generate(cfg, 0):
+        assert p["num_steps"] == 2 and "+" in p["answer"] and "-" not in p["answer"]
+        assert all(int(n) <= 9 for n in re.findall(r"(?:has|gets) (\d+)", p["question"]))
+
+
+def _recipe(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(
+        '{"question": "Q1?", "answer": "1+1=<<1+1=2>>2\\n#### 2"}\n'
+        "{not json\n"
+        '{"question": "Q2?"}\n'
+        '{"question": "Q3?", "answer": "no final answer here"}\n'
+        '[1, 2]\n'
+    )
+    p = tmp_path / "recipe.yaml"
+    p.write_text(
+        f"""run_dir: {tmp_path / 'run'}
+data:
+  sources:
+    - {{name: gsm8k, path: {data_dir / 'gsm8k' / 'test.jsonl'}, split: test, limit: 50}}
+    - {{name: gsm8k, path: {bad}, split: train}}
+    - {{name: synthetic, split: train, synthetic: {{num_problems: 300}}}}
+{extra}"""
+    )
+    return p
+
+
+def test_data_stage_writes_problems_rejects_and_manifest(tmp_path, data_dir):
+    cfg = load_config(_recipe(tmp_path, data_dir))
+    res = run_data(cfg)
+    assert res.rows == {"problems": 351, "test": 50, "train": 301}
+    assert res.rejects == {"bad_json": 1, "missing_field:answer": 1, "unparseable_gold": 1, "not_an_object": 1}
+    rd = RunDir(cfg.run_dir)
+    m = rd.manifest("problems")
+    assert m["status"] == "complete" and m["rows"]["problems"] == 351 and m["config"]["run_dir"] == cfg.run_dir
+    rejects = read_rows(rd.path("problems", "_rejects"))
+    assert sorted(r["reason"] for r in rejects) == sorted(res.rejects)
+    assert len(load_problems(cfg, split="test")) == 50
+    # current -> skipped; a changed data section -> re-run; --force -> re-run
+    assert run_data(cfg).skipped
+    assert not run_data(cfg, force=True).skipped
+
+
+def test_changed_config_reruns(tmp_path, data_dir):
+    cfg = load_config(_recipe(tmp_path, data_dir))
+    run_data(cfg)
+    assert run_data(load_config(_recipe(tmp_path, data_dir), ["dpo.beta=0.3"])).skipped  # dpo is not an input
+    assert not run_data(load_config(_recipe(tmp_path, data_dir), ["seed=5"])).skipped
+
+
+KILL_SCRIPT = r"""
+import os, signal, sys
+import hsdpo.stage as stage
+from hsdpo.config import load_config
+from hsdpo.data.stage import run_data
+real = stage.write_rows
+def write_then_die(rows, path, schema=None):
+    # write a truncated file as a half-finished write would, then die without cleanup
+    n = real(rows[: len(rows) // 2], path, schema)
+    os.kill(os.getpid(), signal.SIGKILL)
+import hsdpo.data.stage as ds
+ds.write_rows = write_then_die
+run_data(load_config(sys.argv[1]))
+"""
+
+
+def test_killed_stage_reruns_to_exactly_clean_rows(tmp_path, data_dir):
+    recipe = _recipe(tmp_path, data_dir)
+    proc = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(recipe)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    cfg = load_config(recipe)
+    rd = RunDir(cfg.run_dir)
+    assert rd.manifest("problems") is None  # killed: no manifest
+    assert 0 < len(read_rows(rd.path("problems"))) < 351  # the partial write is there
+    assert not run_data(cfg).skipped
+    clean = load_config(recipe, [f"run_dir={tmp_path / 'clean'}"])
+    run_data(clean)
+    key = lambda r: r["problem_id"]
+    assert sorted(read_rows(rd.path("problems")), key=key) == sorted(read_rows(RunDir(clean.run_dir).path("problems")), key=key)
+
+
+def test_missing_data_file_is_one_line_error(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(f"run_dir: {tmp_path}/run\ndata: {{sources: [{{name: gsm8k, path: {tmp_path}/none.jsonl}}]}}\n")
+    proc = subprocess.run([sys.executable, "-m", "hsdpo.cli", "data", str(p)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == f"hsdpo: data file not found: {tmp_path}/none.jsonl"
