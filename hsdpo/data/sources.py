@@ -74,6 +74,8 @@ def normalize(rec: dict[str, Any], src: SourceConfig, index: int) -> dict[str, A
     if "__reject__" in rec:
         return {"reason": rec["__reject__"], "row": rec.get("row"), "source": src.name}
     qkey, skey = FIELDS[src.name]
+    if src.name == "math" and "problem" in rec and "solution" in rec:  # the hub's MATH-500 fields
+        qkey, skey = "problem", "solution"
     question, solution = rec.get(qkey), rec.get(skey)
     if not isinstance(question, str) or not isinstance(solution, str):
         return {"reason": f"missing_field:{qkey if not isinstance(question, str) else skey}", "row": rec, "source": src.name}
