@@ -1,0 +1,332 @@
+"""Table-driven unit tests of the verifier, every expectation computed by hand.
+
+Worked score examples (defaults: wrongness weights .5/.2/.15/.15 for answer/numeric/arithmetic/
+logic, absurdity weights .3/.5/.2 for format/implausibility/numeric, numeric = ln(1 + |p-g|/s) /
+ln(101) with s = max(|g|, 10)):
+
+  near miss 73 for gold 72, one of two computations wrong:
+    numeric = ln(1 + 1/72) / ln(101) = 0.0029888;  arithmetic = 1/2;  logic = 0
+    wrongness = .5*1 + .2*0.0029888 + .15*.5 = 0.5755978;  absurdity = .2*0.0029888 = 0.0005978
+  absurd -5000 for gold 72 after a correct chain (final is not the last result: logic 1/3):
+    numeric = ln(1 + 5072/72) / ln(101) = 0.9249935;  implausibility = 1 (wrong sign)
+    wrongness = .5 + .2*0.9249935 + .15/3 = 0.7349987;  absurdity = .5 + .2*0.9249935 = 0.6849987
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from hsdpo.verifier import ErrorProfile, VerifierConfig, extract_answer, verify, warmup
+from hsdpo.verifier.equivalence import answers_equivalent
+from hsdpo.verifier.exact import DEFAULT_LIMITS, LimitExceeded, parse_number
+from hsdpo.verifier.grounding import is_grounded, number_words, question_quantities
+from hsdpo.verifier.scores import absurdity, is_hard_negative, magnitude_gap, numeric_distance, wrongness
+from hsdpo.verifier.steps import Step, result_matches, split_steps, step_computations
+
+CFG = VerifierConfig()
+LN101 = math.log(101)
+QUESTION = (
+    "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
+    "How many clips did Natalia sell altogether in April and May?"
+)
+GOLD = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _symbolic_child() -> None:
+    assert warmup(120.0)
+
+
+@pytest.mark.parametrize(
+    "text, answer, rule",
+    [
+        ("Natalia sold 72 clips.\n#### 72", "72", "hash"),
+        ("So 3+4=7.\n#### 1,000", "1,000", "hash"),
+        ("The answer is: \\left( 3, \\frac{\\pi}{2} \\right)", "\\left( 3, \\frac{\\pi}{2} \\right)", "answer_is"),
+        ("so the answer is $\\boxed{52_8}.$The answer is: 52_8", "52_8", "answer_is"),
+        ("The answer is <<8=8>>8.", "8", "answer_is"),
+        ("Thus $\\boxed{\\frac{1}{\\sqrt{2}}}$.", "\\frac{1}{\\sqrt{2}}", "boxed"),
+        ("first \\boxed{3}, finally \\fbox{12} here", "12", "boxed"),
+        ("I think it is 5, then 7 apples", "7", "last_number"),
+        ("It costs $1,234.50 in total", "1,234.50", "last_number"),
+        ("so our answer is correct: 12", "12", "last_number"),
+        ("\\boxed{3 + 4", "4", "last_number"),
+        ("no numbers here", None, "none"),
+    ],
+)
+def test_extract_answer(text: str, answer: str | None, rule: str) -> None:
+    got = extract_answer(text)
+    assert (got.answer, got.rule) == (answer, rule)
+
+
+@pytest.mark.parametrize(
+    "pred, gold, equal",
+    [
+        ("72", "72", True),
+        ("72.0", "72", True),
+        ("1,000", "1000", True),
+        ("$1,000", "1000", True),
+        ("\\$1,000", "1000", True),
+        ("50%", "50", True),
+        ("72 clips", "72", True),
+        ("1/2", "0.5", True),
+        ("-0", "0", True),
+        ("\\frac{1}{2}", "0.5", True),
+        ("x = 3", "3", True),
+        ("1.5e3", "1500", True),
+        ("30^\\circ", "30", True),
+        ("3.01", "3", False),
+        ("73", "72", False),
+        ("\\dfrac{3}{4}", "\\frac{3}{4}", True),
+        ("2\\sqrt{2}", "\\sqrt{8}", True),
+        ("\\pi/2", "\\frac{\\pi}{2}", True),
+        ("(1, 2)", "(1,2)", True),
+        ("[1, 2)", "(1, 2)", False),
+        ("(2,12) \\cup (12,102)", "(2,12)\\cup(12,102)", True),
+        ("\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}", "\\begin{pmatrix}1\\\\2\\end{pmatrix}", True),
+        ("x^2+1", "1+x^2", True),
+        ("x^2+2", "1+x^2", False),
+        ("1e999999999", "72", False),
+        ("10^{10^{10}}", "72", False),
+    ],
+)
+def test_answers_equivalent(pred: str, gold: str, equal: bool) -> None:
+    eq = answers_equivalent(pred, gold, time.monotonic() + 10, DEFAULT_LIMITS)
+    assert eq.equal is equal, eq
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [("1,234.5", Fraction(2469, 2)), ("$-3", Fraction(-3)), ("2^{10}", Fraction(1024)), ("\\sqrt{16}", Fraction(4)),
+     ("3\\frac{1}{4}", Fraction(13, 4)), ("\\frac{6}{4}", Fraction(3, 2)), ("pi", None), ("(1, 2)", None)],
+)
+def test_parse_number(text: str, value: Fraction | None) -> None:
+    assert parse_number(text) == value
+
+
+@pytest.mark.parametrize("text", ["9**9**9**9", "10^{10^{10}}", "1e999999999", "(" * 100 + "1" + ")" * 100, "7" * 1000])
+def test_parse_number_limits(text: str) -> None:
+    with pytest.raises(LimitExceeded):
+        parse_number(text)
+
+
+@pytest.mark.parametrize(
+    "text, oks",
+    [
+        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.", [True]),
+        ("Natalia sold 48/2 = <<48/2=25>>25 clips in May.", [False]),
+        ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.", [True]),
+        ("10/3 = 3.33", [True]),
+        ("10/3 = 3.34", [True]),  # exact value needs more digits: floor and ceil both count
+        ("10/3 = 3.35", [False]),
+        ("48/2 = 24.5", [False]),  # 24 is exact at one decimal: no tolerance
+        ("$12 x 3 = $36", [True]),
+        ("$1,000 + $2,000 = $3,000", [True]),
+        ("20% * 50 = 10", [True]),
+        ("(3+4)*2 = 14", [True]),
+        ("2^10 = 1024", [True]),
+        ("12 ÷ 4 = 3 and 3 × 4 = 13", [True, False]),
+        ("2 times 7 equals 14", [True]),
+        ("$\\frac{1}{2} \\cdot 4 = 2$ and $\\sqrt{16} = 4$", [True, True]),
+        ("$3 \\times 4 = 13$", [False]),
+        ("$\\sqrt{2} = 1.41$", []),  # irrational: not checkable exactly
+        ("2x + 3 = 7", []),
+        ("x = 5", []),
+        ("Week 2 = 35 + 35 = 70", [True]),
+        ("Elsa had 40 marbles - 3 - 5 = 32 marbles.", [True]),
+        ("23 total meters – 13 meters = 10 meters", [True]),
+        ("1/4 cup + 1 and 1/4 cup = 1.5 cups", [True]),
+        ("Kelly's weight is 100 - 15 = 85% of Megan's", [True]),
+        ("he used 25 / 1/3 = 75 decorations", [True]),
+        ("7 x 60 = 420 + 23 = 443", [True, True]),
+        ("It is 6:00+48=6:48 PM", []),
+    ],
+)
+def test_step_computations(text: str, oks: list[bool]) -> None:
+    assert [c.ok for c in step_computations(Step(0, 0, text))] == oks
+
+
+@pytest.mark.parametrize(
+    "value, shown, decimals, ok",
+    [
+        (Fraction(10, 3), Fraction("3.33"), 2, True),
+        (Fraction(10, 3), Fraction(3), 0, True),
+        (Fraction(10, 3), Fraction(4), 0, True),
+        (Fraction(10, 3), Fraction(5), 0, False),
+        (Fraction(24), Fraction(25), 0, False),
+        (Fraction(1, 8), Fraction("0.13"), 2, True),
+    ],
+)
+def test_result_matches(value: Fraction, shown: Fraction, decimals: int, ok: bool) -> None:
+    assert result_matches(value, shown, decimals) is ok
+
+
+def test_split_steps() -> None:
+    steps = split_steps("a = 1\n\n  \nb = 2\n#### 3")
+    assert [(s.index, s.start, s.text) for s in steps] == [(0, 0, "a = 1"), (1, 10, "b = 2"), (2, 16, "#### 3")]
+
+
+@pytest.mark.parametrize(
+    "text, present",
+    [("three hundred twenty-five", {325, 3, 20, 5}), ("a dozen eggs", {12, Fraction(1, 12)}), ("twice as many", {2}),
+     ("half of them", {2, Fraction(1, 2)}), ("one thousand two hundred", {1200})],
+)
+def test_number_words(text: str, present: set[Fraction]) -> None:
+    assert {Fraction(v) for v in present} <= number_words(text)
+
+
+def test_question_quantities_and_grounding() -> None:
+    known = question_quantities("It costs $1.50 and 20% off for 3 items.")
+    # $1.50 -> 1.5 and 150 cents; 20% -> 0.2, 20, 1 - 0.2 and 1 + 0.2; 3 items
+    assert {Fraction(x) for x in ("1.5", "150", "0.2", "20", "0.8", "1.2", "3")} <= known
+    assert is_grounded(Fraction("3.33"), 2, {Fraction(10, 3)})
+    assert not is_grounded(Fraction(4), 0, {Fraction(10, 3)})
+    assert is_grounded(Fraction(-3), 0, {Fraction(3)})
+
+
+def test_ungrounded_operand_counts_toward_logic() -> None:
+    q = "Tom has 5 apples and buys 3 more. How many apples does he have?"
+    v = verify("Tom has 5+17 = <<5+17=22>>22 apples.\n#### 22", "8", q)
+    # checks: one computation + final-is-last-result = 2; breaks: 17 is ungrounded = 1
+    assert v.profile.logic == pytest.approx(1 / 2)
+    assert v.first_error_step == 0 and "ungrounded_operand" in v.flags
+    assert verify("Tom has 5+3 = <<5+3=8>>8 apples.\n#### 8", "8", q).profile.logic == 0.0
+
+
+def test_conflicting_values_count_toward_logic() -> None:
+    sol = "Total = 5 + 3 = 8 apples.\nTotal = 9 apples.\nSo 8 + 1 = 9.\n#### 9"
+    v = verify(sol, "9", "Tom has 5 apples and 3 pears, then finds 1 more. How many?")
+    assert "conflicting_values" in v.flags and v.first_error_step == 1
+
+
+@pytest.mark.parametrize(
+    "pred, gold, expected",
+    [
+        (73, 72, math.log(1 + 1 / 72) / LN101),  # scale = |gold| = 72
+        (-5000, 72, math.log(1 + 5072 / 72) / LN101),
+        (3, 2, math.log(1 + 1 / 10) / LN101),  # scale = floor 10
+        (72, 72, 0.0),
+        (10**9, 72, 1.0),
+        (None, 72, 1.0),
+        (5, None, 1.0),
+    ],
+)
+def test_numeric_distance(pred: int | None, gold: int | None, expected: float) -> None:
+    p = None if pred is None else Fraction(pred)
+    g = None if gold is None else Fraction(gold)
+    assert numeric_distance(p, g, CFG) == pytest.approx(expected)
+
+
+def test_magnitude_and_aggregates() -> None:
+    assert magnitude_gap(Fraction(7200), Fraction(72)) == pytest.approx(2.0)
+    p = ErrorProfile(answer=1, numeric=0.003, arithmetic=0, logic=0.5)
+    assert wrongness(p, CFG) == pytest.approx(0.5 + 0.2 * 0.003 + 0.15 * 0.5)
+    q = ErrorProfile(format=0.5, implausibility=1, numeric=0.925)
+    assert absurdity(q, CFG) == pytest.approx(0.3 * 0.5 + 0.5 + 0.2 * 0.925)
+
+
+@pytest.mark.parametrize(
+    "correct, numeric, absurd, error_steps, hard",
+    [
+        (False, 0.05, 0.1, 0, True),  # near in value
+        (False, 0.5, 0.1, 1, True),  # far, but one localised step error
+        (False, 0.5, 0.1, 2, False),
+        (False, 0.05, 0.3, 0, False),  # too absurd
+        (True, 0.0, 0.0, 0, False),  # correct is never a negative
+    ],
+)
+def test_hard_negative_rule(correct: bool, numeric: float, absurd: float, error_steps: int, hard: bool) -> None:
+    assert is_hard_negative(correct, True, ErrorProfile(numeric=numeric), absurd, error_steps, CFG) is hard
+
+
+def test_worked_example_correct() -> None:
+    v = verify(GOLD, "72", QUESTION)
+    assert v.correct and v.pred_answer == "72" and v.num_steps == 3
+    assert v.profile == ErrorProfile() and v.wrongness == 0 and v.absurdity == 0
+    assert not v.hard_negative and v.first_error_step is None and v.flags == ()
+
+
+def test_worked_example_near_miss() -> None:
+    sol = GOLD.replace("48+24=72>>72", "48+24=73>>73").replace("#### 72", "#### 73")
+    v = verify(sol, "72", QUESTION)
+    numeric = math.log(1 + 1 / 72) / LN101
+    assert not v.correct and v.hard_negative and v.first_error_step == 1
+    assert v.profile.as_tuple() == pytest.approx((1, numeric, 0.5, 0, 0, 0))
+    assert v.wrongness == pytest.approx(0.5 + 0.2 * numeric + 0.15 * 0.5)
+    assert v.absurdity == pytest.approx(0.2 * numeric)
+
+
+def test_worked_example_absurd() -> None:
+    v = verify(GOLD.replace("#### 72", "#### -5000"), "72", QUESTION)
+    numeric = math.log(1 + 5072 / 72) / LN101
+    assert not v.correct and not v.hard_negative and v.first_error_step == 2
+    assert v.profile.as_tuple() == pytest.approx((1, numeric, 0, 1 / 3, 0, 1))
+    assert v.wrongness == pytest.approx(0.5 + 0.2 * numeric + 0.15 / 3)
+    assert v.absurdity == pytest.approx(0.5 + 0.2 * numeric)
+    assert {"final_not_last_result", "wrong_sign"} <= set(v.flags)
+
+
+@pytest.mark.parametrize(
+    "text, finish_reason, flag, score",
+    [
+        ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+", None, "truncated", 1.0),
+        (GOLD, "length", "truncated", 1.0),
+        ("Natalia sold 72 clips.", None, "no_answer_marker", 0.5),
+        ("Natalia sold many clips.", None, "no_answer", 1.0),
+        ("The answer is \\boxed{70}.\n#### 72", None, "conflicting_answers", 0.5),
+    ],
+)
+def test_format(text: str, finish_reason: str | None, flag: str, score: float) -> None:
+    v = verify(text, "72", QUESTION, finish_reason=finish_reason)
+    assert flag in v.flags and v.profile.format == score
+
+
+def test_length_cut_is_never_correct() -> None:
+    assert not verify(GOLD, "72", QUESTION, finish_reason="length").correct
+    assert verify(GOLD, "72", QUESTION, finish_reason="length", cfg=VerifierConfig(require_complete=False)).correct
+
+
+@pytest.mark.parametrize(
+    "pred, component",
+    [("-72", "wrong_sign"), ("72.5", "fraction"), ("720000", "magnitude")],
+)
+def test_implausibility_components(pred: str, component: str) -> None:
+    v = verify(f"So it is {pred}.\n#### {pred}", "72", QUESTION)
+    assert component in v.flags and v.profile.implausibility > 0
+
+
+def test_degenerate_repetition_and_runaway_length() -> None:
+    loop = "She sold the clips and then she sold the clips again. " * 200 + "#### 72"
+    v = verify(loop, "72", QUESTION)
+    assert v.correct and "repetition" in v.flags and "length" in v.flags and v.profile.implausibility == 1.0
+
+
+def test_config_is_strict_and_validated() -> None:
+    with pytest.raises(ValidationError):
+        VerifierConfig(tau_absurdity=0.2, unknown_key=1)  # type: ignore[call-arg]
+    with pytest.raises(ValidationError):
+        VerifierConfig(magnitude_orders_start=3, magnitude_orders_full=2)
+    with pytest.raises(ValidationError):
+        VerifierConfig(timeout_s="soon")  # type: ignore[arg-type]
+    for name, field in VerifierConfig.model_fields.items():
+        assert field.description, f"{name} needs a description"
+
+
+def test_verify_rejects_non_string_arguments() -> None:
+    with pytest.raises(TypeError):
+        verify(None, "72")  # type: ignore[arg-type]
+
+
+def test_docs_list_every_config_field() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "verifier.md").read_text()
+    cfg = VerifierConfig()
+    for name in VerifierConfig.model_fields:
+        default = getattr(cfg, name)
+        row = f"| `{name}` | " + ("" if isinstance(default, list) else f"{default} |")
+        assert row in doc, f"docs/verifier.md: no row for {name} with default {default}"
