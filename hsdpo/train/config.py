@@ -1,4 +1,10 @@
-"""Training configs: SFT, reference log-probs, DPO."""
+"""Training configs: SFT, reference log-probs, DPO.
+
+Batching: `batch_size` is the *global* batch (examples or pairs per optimizer step); each of the
+`num_workers` workers runs micro-batches of `micro_batch_size`, and gradient accumulation is derived:
+`accum = batch_size / (micro_batch_size * num_workers)`. Changing workers or micro-batch size
+therefore leaves the optimisation unchanged (the invariance tests hold the code to that).
+"""
 
 from __future__ import annotations
 
@@ -9,28 +15,77 @@ from pydantic import Field
 from hsdpo.configbase import StrictModel
 
 
-class SFTConfig(StrictModel):
+class LoraConfig(StrictModel):
+    enabled: bool = Field(False, description="train LoRA adapters (peft) instead of all weights; merged at export")
+    r: int = Field(16, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="module names that get adapters",
+    )
+
+
+class TrainConfig(StrictModel):
+    """What SFT and DPO share: topology, optimiser, schedule, precision, checkpoints, logging."""
+
+    output: str = Field("train", description="run-dir folder written")
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
+    use_gpu: bool = Field(False, description="one GPU a worker (NCCL, bf16) instead of CPU (gloo, fp32)")
+    steps: int = Field(100, ge=1, description="optimizer steps")
+    batch_size: int = Field(32, ge=1, description="global batch: examples (SFT) or pairs (DPO) per optimizer step")
+    micro_batch_size: int = Field(8, ge=1, description="examples/pairs a worker runs per forward")
+    max_length: int = Field(256, ge=8, description="prompt + completion tokens; longer examples are truncated and counted")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
+    warmup_steps: int = Field(0, ge=0, description="linear warmup steps before the cosine decay")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
+    zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage")
+    offload: bool = Field(False, description="ZeRO CPU offload of optimizer states (and params at stage 3)")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
+    attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")
+    logp_chunk: int = Field(128, ge=1, description="sequence positions per chunk of the log-softmax (never full [B,T,V] fp32 logits)")
+    seed: int = Field(0, description="added to the run seed: data order")
+    checkpoint_every: int = Field(0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
+    max_failures: int = Field(0, ge=-1, description="Ray Train FailureConfig.max_failures (-1 = forever)")
+    fail_at_step: int | None = Field(
+        None, description="TESTING AID: rank 0 raises once on reaching this step (marker file in the checkpoint dir)"
+    )
+    log_every: int = Field(1, ge=1, description="metrics line every k steps (rank 0)")
+    tensorboard: bool = Field(False, description="also write TensorBoard events to <output>/tb")
+    wandb_project: str | None = Field(None, description="also log to this W&B project (rank 0)")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+
+
+class SFTConfig(TrainConfig):
     output: str = Field("sft", description="run-dir folder written")
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    lr: float = 1e-3
-    steps: int = 100
-    batch_size: int = 32
-    max_length: int = 256
+    data_from: str = Field("problems", description='"problems" (gold solutions) or a pairs folder (its chosen column, RFT)')
+    init_from: str | None = Field(None, description="None = cfg.model (or build from preset); else a stage folder, e.g. sft")
+    split: str = Field("train", description="problems split trained on")
 
 
 class RefLogpConfig(StrictModel):
     output: str = Field("ref_logps", description="run-dir folder written")
-    model_from: str = "sft"
-    pairs_from: str = "pairs"
+    model_from: str = Field("sft", description="stage folder (or path) of the frozen reference model")
+    pairs_from: str = Field("pairs", description="pairs folder")
+    max_length: int = Field(256, ge=8, description="must equal dpo.max_length (checked by dpo)")
+    batch_size: int = Field(16, ge=1, description="pairs per Ray Data batch")
+    concurrency: int = Field(1, ge=1, description="reference-model actors")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (0 = CPU, fp32)")
+    logp_chunk: int = Field(128, ge=1, description="positions per log-softmax chunk")
 
 
-class DPOConfig(StrictModel):
+class DPOConfig(TrainConfig):
     output: str = Field("dpo", description="run-dir folder written")
-    init_from: str = "sft"
-    pairs_from: str = "ref_logps"
-    weighting: Literal["verifier", "uniform"] = "verifier"
-    beta: float = 0.1
-    lr: float = 5e-5
-    steps: int = 100
-    batch_size: int = 16
+    init_from: str = Field("sft", description="stage folder (or path) of the starting policy")
+    pairs_from: str = Field("ref_logps", description="pairs with ref_chosen_logp/ref_rejected_logp (runs reflogp if it is cfg.reflogp.output)")
+    weighting: Literal["verifier", "uniform"] = Field("verifier", description="verifier = the pairs' weight column; uniform = 1")
+    beta: float = Field(0.1, gt=0, description="DPO temperature")
+    nll_coef: float = Field(0.0, ge=0, description="weight of the chosen-completion NLL term (DPO+NLL, iterative RPO)")
+    lr: float = Field(5e-5, gt=0, description="peak learning rate")
+    batch_size: int = Field(16, ge=1, description="global batch of pairs per optimizer step")
+    micro_batch_size: int = Field(4, ge=1, description="pairs a worker runs per forward (chosen+rejected concatenated)")

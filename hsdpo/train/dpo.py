@@ -1,0 +1,73 @@
+"""The `dpo` stage: verifier-weighted DPO with Ray Train + DeepSpeed and cached reference log-probs.
+
+    hsdpo dpo jobs/tiny.yaml                                       # runs reflogp first if needed
+    hsdpo dpo jobs/tiny.yaml dpo.output=dpo dpo.weighting=uniform  # the unweighted baseline
+    ray job submit --working-dir . -- hsdpo dpo jobs/qwen2.5-1.5b-metamath.yaml dpo.use_gpu=true dpo.num_workers=8
+
+Loss: `Σ w_i · −log σ(β[(π_c − ρ_c) − (π_r − ρ_r)]) / Σ w_i + nll_coef · NLL(chosen)` (losses.py),
+with ρ read from `ref_logps/` (no reference model in memory), w from the pairs' `weight` column
+(`dpo.weighting=verifier`) or 1 (`uniform`). Input: `<dpo.pairs_from>/` and the policy
+`<dpo.init_from>/model/`. Output: `<run_dir>/<output>/model/` (HF folder) and `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hsdpo.config import PipelineConfig
+from hsdpo.model import resolve_model_path
+from hsdpo.rayutil import init_ray
+from hsdpo.rundir import RunDir, StageResult
+from hsdpo.stage import read_rows, run_stage, write_rejects
+from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, summary
+
+NEEDED = ("pair_id", "prompt", "chosen", "rejected", "weight", "ref_chosen_logp", "ref_rejected_logp")
+
+
+def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    rows, rejects = [], []
+    for r in read_rows(RunDir(cfg.run_dir).path(cfg.dpo.pairs_from)):
+        missing = [k for k in NEEDED if r.get(k) is None]
+        if missing:
+            rejects.append({"reason": f"missing_{missing[0]}", "row": r.get("pair_id")})
+        elif not r["chosen"].strip() or not r["rejected"].strip():
+            rejects.append({"reason": "empty_completion", "row": r["pair_id"]})
+        elif not all(math.isfinite(float(r[k])) for k in ("weight", "ref_chosen_logp", "ref_rejected_logp")):
+            rejects.append({"reason": "non_finite", "row": r["pair_id"]})
+        else:
+            rows.append(r)
+    rows.sort(key=lambda r: str(r["pair_id"]))  # file order is not stable; the data order must be
+    return rows, rejects
+
+
+def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool) -> StageResult:
+    rows, rejects = dpo_rows(cfg)
+    if not rows:
+        raise ValueError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}")
+    model_path = resolve_model_path(cfg.run_dir, cfg.dpo.init_from)
+    root = checkpoint_root(cfg, cfg.dpo, inputs)
+    if force:
+        clear_checkpoints(root)
+    history = fit("dpo", cfg.dpo, rows, model_path=model_path, tokenizer_path=model_path, out_dir=out, ckpt_root=root)
+    clear_checkpoints(root)
+    keys = ("loss", "dpo_loss", "dpo_loss_unweighted", "accuracy", "margins", "rewards_chosen", "rewards_rejected",
+            "grad_norm", "truncated")
+    return StageResult(stage="dpo", output=cfg.dpo.output, path=out, rows={"pairs": len(rows)},
+                       rejects=write_rejects(out, rejects), metrics=summary(history, keys))
+
+
+def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    d = cfg.dpo
+    if d.pairs_from == cfg.reflogp.output:
+        if cfg.reflogp.max_length != d.max_length:
+            raise ValueError(f"reflogp.max_length {cfg.reflogp.max_length} != dpo.max_length {d.max_length}:"
+                             " reference and policy log-probs must cover the same tokens")
+        from hsdpo.train.reflogp import run_reflogp
+
+        run_reflogp(cfg)  # skipped when current
+    init_ray(cfg.ray)
+    model_path = resolve_model_path(cfg.run_dir, d.init_from)
+    inputs = [d.pairs_from] + ([d.init_from] if model_path != d.init_from else [])
+    return run_stage(cfg, stage="dpo", output=d.output, inputs=inputs, sections=("model", "dpo", "seed"),
+                     body=lambda out: _body(cfg, out, inputs, force), force=force)

@@ -1,0 +1,91 @@
+"""Driver side of a training stage: one `TorchTrainer` run of `worker.ray_train_loop`.
+
+Checkpoints live outside the stage folder (which `run_stage` clears at start), in
+`<run_dir>/_checkpoints/<output>/<key>/`, where `key` hashes everything that changes the optimisation
+(the stage section minus topology/logging fields, the model section, the seed and the input
+manifests). A stage re-run after a crash, with the same key, resumes from its latest checkpoint:
+Ray Train restores the run of that name in that storage path, even with a different `num_workers`.
+The folder is removed after a successful run (and before a forced one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from typing import Any
+
+from hsdpo.config import PipelineConfig
+from hsdpo.rundir import RunDir, local_path
+from hsdpo.stage import log
+from hsdpo.train.config import TrainConfig
+
+# fields that do not change what is learned (world size and micro-batching are invariant by design)
+TOPOLOGY = {"num_workers", "micro_batch_size", "use_gpu", "checkpoint_every", "keep_checkpoints", "max_failures",
+            "fail_at_step", "log_every", "tensorboard", "wandb_project", "output"}
+
+
+def checkpoint_root(cfg: PipelineConfig, t: TrainConfig, inputs: list[str]) -> str:
+    rd = RunDir(cfg.run_dir)
+    blob = {
+        "train": {k: v for k, v in t.model_dump(mode="json").items() if k not in TOPOLOGY},
+        "model": cfg.model.model_dump(mode="json"),
+        "seed": cfg.seed,
+        "inputs": rd.input_hashes(inputs),
+    }
+    key = hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+    return local_path(rd.path("_checkpoints", t.output, key))
+
+
+def clear_checkpoints(root: str) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: str, tokenizer_path: str,
+        out_dir: str, ckpt_root: str) -> list[dict[str, Any]]:
+    """Train on `rows` with `t.num_workers` Ray Train workers; returns rank 0's metrics history."""
+    import ray
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from hsdpo.train.worker import ray_train_loop
+
+    ds = ray.data.from_items([{**r, "_idx": i} for i, r in enumerate(rows)])
+    spec = {"kind": kind, "cfg": t.model_dump(mode="json"), "model_path": model_path,
+            "tokenizer_path": tokenizer_path, "out_dir": local_path(out_dir),
+            "marker": f"{ckpt_root}/_injected_failure"}
+    trainer = TorchTrainer(
+        ray_train_loop,
+        train_loop_config=spec,
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu),
+        run_config=RunConfig(
+            name="run", storage_path=ckpt_root,
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
+        ),
+        datasets={"train": ds},
+        dataset_config=DataConfig(datasets_to_split=[]),  # every worker sees the whole table (see worker.py)
+    )
+    log(f"{kind}: {len(rows)} rows, {t.num_workers} workers, checkpoints in {ckpt_root}")
+    trainer.fit()
+    return read_history(out_dir)
+
+
+def read_history(out_dir: str) -> list[dict[str, Any]]:
+    with open(f"{local_path(out_dir)}/metrics.jsonl") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def summary(history: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, Any]:
+    """End-of-stage figures for the manifest: the last row's `keys`, first loss, mean throughput."""
+    if not history:
+        return {}
+    last = history[-1]
+    out: dict[str, Any] = {k: last[k] for k in keys if last.get(k) is not None}
+    out["first_loss"] = history[0]["loss"]
+    out["steps"] = last["step"]
+    out["tokens_per_s"] = sum(h["tokens_per_s"] for h in history) / len(history)
+    mfu = [h["mfu"] for h in history if h.get("mfu") is not None]
+    if mfu:
+        out["mfu"] = sum(mfu) / len(mfu)
+    return out

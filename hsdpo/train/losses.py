@@ -1,0 +1,65 @@
+"""Losses: verifier-weighted sigmoid DPO (+ optional NLL) and token-level SFT. Pure tensor math.
+
+Worked example (the test asserts it). beta = 1, two pairs, weights w = (1, 3):
+
+    pair 1: pi_c=-1, pi_r=-2, ref_c=-1, ref_r=-1  ->  h1 = (-1 - -1) - (-2 - -1) = 1
+    pair 2: pi_c=-2, pi_r=-1, ref_c=-1, ref_r=-1  ->  h2 = (-2 - -1) - (-1 - -1) = -1
+    -log sigma(1)  = log(1 + e^-1) = 0.313262
+    -log sigma(-1) = log(1 + e^1)  = 1.313262
+    loss = (1 * 0.313262 + 3 * 1.313262) / (1 + 3) = 4.253048 / 4 = 1.063262
+    rewards: chosen = beta (pi_c - ref_c) = (0, -1), rejected = (-1, 0); accuracy = (1 + 0) / 2
+
+`denominator` lets a data-parallel step divide by the weight sum of the *global* batch rather than
+of the micro-batch, so that micro-batching and worker count leave the gradient unchanged.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def weighted_dpo_loss(
+    policy_chosen_logps: torch.Tensor,  # [B] summed completion log-probs
+    policy_rejected_logps: torch.Tensor,  # [B]
+    ref_chosen_logps: torch.Tensor,  # [B]
+    ref_rejected_logps: torch.Tensor,  # [B]
+    weights: torch.Tensor,  # [B] >= 0
+    beta: float = 0.1,
+    nll_coef: float = 0.0,
+    chosen_nll: torch.Tensor | None = None,  # scalar: mean NLL per chosen token
+    denominator: torch.Tensor | float | None = None,  # default: weights.sum()
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`Σ w_i · −log σ(β[(π_c − ρ_c) − (π_r − ρ_r)]) / Σ w_i + nll_coef · chosen_nll`.
+
+    Metrics are detached tensors (no host sync): per-pair losses are averaged unweighted
+    (`dpo_loss_unweighted`) and weighted (`dpo_loss`), rewards/margins/accuracy unweighted."""
+    chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)  # [B]
+    rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)  # [B]
+    margins = chosen_rewards - rejected_rewards  # [B]
+    per_pair = -F.logsigmoid(margins)  # [B]
+    weights = weights.to(per_pair.dtype)
+    denom = weights.sum() if denominator is None else denominator
+    dpo = (weights * per_pair).sum() / denom
+    loss = dpo
+    if nll_coef and chosen_nll is not None:
+        loss = loss + nll_coef * chosen_nll
+    metrics = {
+        "dpo_loss": dpo.detach(),
+        "dpo_loss_unweighted": per_pair.detach().mean(),
+        "rewards_chosen": chosen_rewards.detach().mean(),
+        "rewards_rejected": rejected_rewards.detach().mean(),
+        "margins": margins.detach().mean(),
+        "accuracy": (margins.detach() > 0).to(per_pair.dtype).mean(),
+    }
+    return loss, metrics
+
+
+def sft_loss(
+    token_logps: torch.Tensor,  # [B] summed log-probs of the completion tokens
+    num_tokens: torch.Tensor,  # [B] completion tokens per example
+    denominator: torch.Tensor | float | None = None,  # default: num_tokens.sum()
+) -> torch.Tensor:
+    """Mean negative log-likelihood per completion token (prompt tokens never count)."""
+    denom = num_tokens.sum() if denominator is None else denominator
+    return -token_logps.sum() / denom

@@ -1,0 +1,53 @@
+"""Model FLOPs utilisation: achieved model FLOP/s over the device's peak dense bf16 FLOP/s.
+
+Peak figures are the vendors' dense (no sparsity) bf16 tensor-core numbers. A device not in the
+table reports None: we never guess (CPU runs report None too).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# substring of torch.cuda.get_device_name() -> dense bf16 FLOP/s
+PEAK_BF16: list[tuple[str, float]] = [
+    ("H200", 989e12),
+    ("H100 NVL", 835e12),
+    ("H100 PCIe", 756e12),
+    ("H100", 989e12),  # SXM
+    ("H800", 989e12),
+    ("GH200", 989e12),
+    ("B200", 2250e12),
+    ("A100", 312e12),
+    ("A800", 312e12),
+    ("L40S", 362e12),
+    ("L4", 121e12),
+    ("A10G", 70e12),
+    ("RTX 4090", 165e12),
+]
+
+
+def peak_flops(device: torch.device | str | None = None) -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, flops in PEAK_BF16:
+        if key in name:
+            return flops
+    return None
+
+
+def flops_per_token(model: torch.nn.Module) -> float:
+    """Training FLOPs per token, 6 x matmul parameters (forward 2, backward 4); attention scores
+    (12 * layers * hidden * seq) are left out, so the figure is a slight under-estimate. The input
+    embedding is a lookup, not a matmul; a tied LM head counts once (it is the embedding matrix)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seen, total = set(), 0
+    for p in base.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.ds_numel if hasattr(p, "ds_numel") else p.numel()
+    emb = base.get_input_embeddings().weight
+    head = base.get_output_embeddings().weight
+    if head is not emb:
+        total -= emb.ds_numel if hasattr(emb, "ds_numel") else emb.numel()
+    return 6.0 * total

@@ -1,0 +1,92 @@
+"""The `reflogp` stage: reference log-probs of every pair, computed once by Ray Data actors that
+hold the frozen reference (SFT) model, so the DPO trainer needs no reference model.
+
+    hsdpo reflogp jobs/tiny.yaml
+    ray job submit --working-dir . -- hsdpo reflogp jobs/qwen2.5-1.5b-metamath.yaml reflogp.num_gpus=1 reflogp.concurrency=8
+
+Input: `<reflogp.pairs_from>/` and `<reflogp.model_from>/model/`. Output: `<run_dir>/ref_logps/`,
+the pairs plus `ref_chosen_logp, ref_rejected_logp` (float64 sums over completion tokens + eos),
+tokenised exactly as the trainer does (tokenize.py). A lost or duplicated row raises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hsdpo.config import PipelineConfig
+from hsdpo.model import resolve_model_path
+from hsdpo.rayutil import init_ray
+from hsdpo.rundir import RunDir, StageResult, list_files
+from hsdpo.stage import read_rows, run_stage
+
+ADDS = ("ref_chosen_logp", "ref_rejected_logp")
+NEEDS = ("pair_id", "prompt", "chosen", "rejected")
+
+
+class RefLogpActor:
+    """Holds the frozen model; adds the two reference columns to each batch."""
+
+    def __init__(self, model_path: str, max_length: int, chunk: int, use_gpu: bool):
+        import torch
+
+        from hsdpo.model import load_model, load_tokenizer
+
+        self.device = "cuda" if use_gpu else "cpu"
+        self.tokenizer = load_tokenizer(model_path)
+        self.model = load_model(model_path, dtype="bfloat16" if use_gpu else "float32", device=self.device).eval()
+        self.max_length, self.chunk, self.torch = max_length, chunk, torch
+
+    def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from hsdpo.train.tokenize import pair_batch, pair_examples, sequence_logps
+
+        missing = [c for c in NEEDS if c not in batch.columns]
+        if missing:
+            raise KeyError(f"reflogp: pairs lack columns {missing}")
+        pairs = pair_examples(self.tokenizer, batch.to_dict("records"), self.max_length)
+        b = pair_batch(pairs, self.tokenizer.pad_token_id).to(self.device)
+        with self.torch.no_grad():
+            logps, _ = sequence_logps(self.model, b.input_ids, b.attention_mask, b.loss_mask, self.chunk)
+        logps = logps.double().cpu().numpy()
+        n = len(pairs)
+        return batch.assign(ref_chosen_logp=logps[:n].astype(np.float64), ref_rejected_logp=logps[n:])
+
+
+def _body(cfg: PipelineConfig, out: str) -> StageResult:
+    import ray
+
+    c = cfg.reflogp
+    rd = RunDir(cfg.run_dir)
+    files = list(list_files(rd.path(c.pairs_from), ".parquet"))
+    if not files:
+        raise ValueError(f"reflogp: no pairs in {rd.path(c.pairs_from)}")
+    ds = ray.data.read_parquet(files).map_batches(
+        RefLogpActor,
+        fn_constructor_kwargs={"model_path": resolve_model_path(cfg.run_dir, c.model_from),
+                               "max_length": c.max_length, "chunk": c.logp_chunk, "use_gpu": c.num_gpus > 0},
+        batch_size=c.batch_size, batch_format="pandas", concurrency=c.concurrency, num_gpus=c.num_gpus,
+    )
+    ds.write_parquet(out)
+    got = read_rows(out)
+    want = read_rows(rd.path(c.pairs_from))
+    check_rows(want, got)
+    return StageResult(stage="reflogp", output=c.output, path=out, rows={"pairs": len(got)},
+                       metrics={"mean_ref_chosen_logp": float(np.mean([r["ref_chosen_logp"] for r in got])),
+                                "mean_ref_rejected_logp": float(np.mean([r["ref_rejected_logp"] for r in got]))})
+
+
+def check_rows(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> None:
+    ids = [r["pair_id"] for r in got]
+    if len(ids) != len(set(ids)) or set(ids) != {r["pair_id"] for r in want}:
+        raise RuntimeError(f"reflogp: {len(want)} pairs in, {len(got)} rows out ({len(set(ids))} distinct)")
+
+
+def run_reflogp(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    c = cfg.reflogp
+    init_ray(cfg.ray)
+    model_path = resolve_model_path(cfg.run_dir, c.model_from)
+    inputs = [c.pairs_from] + ([c.model_from] if model_path != c.model_from else [])
+    return run_stage(cfg, stage="reflogp", output=c.output, inputs=inputs, sections=("model", "reflogp", "seed"),
+                     body=lambda out: _body(cfg, out), force=force)

@@ -1,0 +1,89 @@
+"""The `sft` stage: supervised fine-tuning with Ray Train + DeepSpeed (see worker.py, strategy.py).
+
+    hsdpo sft jobs/tiny.yaml                                   # local Ray, CPU, gloo, fp32
+    ray job submit --working-dir . -- hsdpo sft jobs/qwen2.5-1.5b-metamath.yaml sft.use_gpu=true sft.num_workers=8
+    hsdpo sft jobs/tiny.yaml sft.output=rft sft.init_from=sft sft.data_from=pairs   # the RFT control
+
+Data: `sft.data_from="problems"` trains on the train split of problems/ (prompt = the prompt
+template, completion = the gold solution + eos); a pairs folder trains on the pairs' `chosen`
+column, deduplicated per problem. Model: `sft.init_from` (a stage folder), else `cfg.model.name_or_path`,
+else a tokenizer built from the training corpus and a random `cfg.model.preset` model (seeded),
+saved under `<output>/_init/`. Output: `<run_dir>/<output>/model/` (HF folder) and `metrics.jsonl`.
+Checkpoints: see launch.py.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hsdpo.config import PipelineConfig
+from hsdpo.model import resolve_model_path
+from hsdpo.prompts import format_completion, format_prompt
+from hsdpo.rayutil import init_ray
+from hsdpo.rundir import RunDir, StageResult, join
+from hsdpo.stage import read_rows, run_stage, write_rejects
+from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, summary
+
+
+def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows with prompt/completion, rejects)."""
+    s, rows, rejects = cfg.sft, [], []
+    if s.data_from == cfg.data.output:
+        from hsdpo.data.stage import load_problems
+
+        for p in load_problems(cfg, split=s.split):
+            if not (p.get("question") or "").strip() or not (p.get("gold_solution") or "").strip():
+                rejects.append({"reason": "empty_question_or_solution", "row": p.get("problem_id")})
+                continue
+            rows.append({"prompt": format_prompt(p["question"], cfg.model.prompt_template),
+                         "completion": format_completion(p["gold_solution"])})
+        return rows, rejects
+    seen = set()
+    for r in read_rows(RunDir(cfg.run_dir).path(s.data_from)):
+        key = (r["problem_id"], r["chosen"])
+        if not (r.get("chosen") or "").strip():
+            rejects.append({"reason": "empty_chosen", "row": r.get("pair_id")})
+        elif key not in seen:
+            seen.add(key)
+            rows.append({"prompt": r["prompt"], "completion": r["chosen"]})
+    return rows, rejects
+
+
+def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str) -> tuple[str, str]:
+    """(model path, tokenizer path) the workers load."""
+    s, m = cfg.sft, cfg.model
+    if s.init_from:
+        path = resolve_model_path(cfg.run_dir, s.init_from)
+        return path, path
+    if m.name_or_path:
+        return m.name_or_path, m.tokenizer or m.name_or_path
+    from hsdpo.model import build_model, build_tokenizer
+
+    init = join(out, "_init")
+    corpus = [r["prompt"] + r["completion"] for r in rows]
+    tok = build_tokenizer(corpus, init, cfg=m.build_tokenizer)
+    build_model(m.preset, tok, m.max_position_embeddings, seed=cfg.seed).save_pretrained(init)
+    return init, init
+
+
+def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool) -> StageResult:
+    rows, rejects = sft_rows(cfg)
+    if not rows:
+        raise ValueError(f"sft: no training rows from {cfg.sft.data_from!r}")
+    model_path, tok_path = initial_model(cfg, rows, out)
+    root = checkpoint_root(cfg, cfg.sft, inputs)
+    if force:
+        clear_checkpoints(root)
+    history = fit("sft", cfg.sft, rows, model_path=model_path, tokenizer_path=tok_path, out_dir=out, ckpt_root=root)
+    clear_checkpoints(root)
+    metrics = summary(history, ("loss", "grad_norm", "lr", "truncated"))
+    return StageResult(stage="sft", output=cfg.sft.output, path=out, rows={"examples": len(rows)},
+                       rejects=write_rejects(out, rejects), metrics=metrics)
+
+
+def run_sft(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    s = cfg.sft
+    inputs = [s.data_from] + ([s.init_from] if s.init_from else [])
+    init_ray(cfg.ray)
+    return run_stage(cfg, stage="sft", output=s.output, inputs=inputs, sections=("model", "sft", "seed", "data"),
+                     body=lambda out: _body(cfg, out, inputs, force), force=force)

@@ -1,0 +1,202 @@
+"""All DeepSpeed and torch.distributed code: process group, DeepSpeed config and engine, checkpoint
+save/load, ZeRO-3 consolidation and the plain-HF export. Nothing else in hsdpo imports either.
+
+Same code on a laptop CPU (gloo, fp32) and on GPU nodes (NCCL, bf16). Under Ray Train the process
+group already exists; as a plain process (`benchmarks/gpu_train.py`) `init_distributed` creates a
+world of one from MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE (defaults: localhost, one rank).
+
+Optimiser: a client `torch.optim.AdamW` (fused on CUDA) and a warmup + cosine `LambdaLR`, handed
+to `deepspeed.initialize`, so no DeepSpeed op is compiled at start; with `offload=True` DeepSpeed's
+own CPU Adam is used instead (ZeRO-Offload needs it).
+
+Checkpoints: `engine.save_checkpoint` (every rank writes its shard). A checkpoint written by N ranks
+resumes on M != N ranks through DeepSpeed's universal checkpoint: rank 0 converts it
+(`ds_to_universal`) next to the original, and the engine is built with `load_universal`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from hsdpo.train.config import TrainConfig
+
+
+def init_distributed(use_gpu: bool) -> None:
+    """Join the existing process group (Ray Train) or start a world of one (plain process)."""
+    import deepspeed
+
+    backend = "nccl" if use_gpu else "gloo"
+    if not dist.is_initialized():
+        for key, value in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533"), ("RANK", "0"),
+                           ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
+            os.environ.setdefault(key, value)
+        dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    deepspeed.init_distributed(dist_backend=backend)
+    if use_gpu:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def barrier() -> None:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def use_bf16(t: TrainConfig) -> bool:
+    return t.precision == "bf16" or (t.precision == "auto" and t.use_gpu)
+
+
+def ds_config(t: TrainConfig, micro_batch: int, accum: int) -> dict[str, Any]:
+    """Our config in DeepSpeed's terms. `micro_batch` counts forward rows per rank."""
+    zero: dict[str, Any] = {
+        "stage": t.zero_stage,
+        "contiguous_gradients": True,
+        "overlap_comm": world_size() > 1,
+        "reduce_bucket_size": 5e8,
+        "allgather_bucket_size": 5e8,
+    }
+    if t.zero_stage == 3:
+        zero["stage3_gather_16bit_weights_on_model_save"] = True
+    if t.offload:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": t.use_gpu}
+        if t.zero_stage == 3:
+            zero["offload_param"] = {"device": "cpu", "pin_memory": t.use_gpu}
+    cfg: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": micro_batch,
+        "gradient_accumulation_steps": accum,
+        "gradient_clipping": t.max_grad_norm,
+        "zero_optimization": zero,
+        "bf16": {"enabled": use_bf16(t)},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if t.offload:
+        cfg["optimizer"] = {"type": "AdamW", "params": {"lr": t.lr, "betas": list(t.adam_betas),
+                                                        "weight_decay": t.weight_decay}}
+    return cfg
+
+
+def lr_lambda(t: TrainConfig):
+    """Multiplier of the peak lr at step s (0-based): linear warmup, then cosine to min_lr_ratio."""
+    def f(step: int) -> float:
+        if step < t.warmup_steps:
+            return (step + 1) / t.warmup_steps
+        span = max(1, t.steps - t.warmup_steps)
+        progress = min(1.0, (step - t.warmup_steps) / span)
+        return t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def initialize(module: torch.nn.Module, t: TrainConfig, micro_batch: int, accum: int, universal: bool = False):
+    """A DeepSpeed engine around `module` (already on the right device/dtype for ZeRO-2)."""
+    import deepspeed
+
+    params = [p for p in module.parameters() if p.requires_grad]
+    cfg = ds_config(t, micro_batch, accum)
+    if universal:
+        cfg["checkpoint"] = {"load_universal": True}
+    optimizer = None
+    if not t.offload:
+        optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay,
+                                      fused=t.use_gpu)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=params, optimizer=optimizer, config=cfg,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t)),  # stepped by engine.step()
+    )
+    return engine
+
+
+def checkpoint_world(path: str) -> int:
+    """Data-parallel ranks that wrote the latest DeepSpeed checkpoint under `path`."""
+    import glob
+
+    with open(os.path.join(path, "latest")) as f:
+        tag = f.read().strip()
+    return len(glob.glob(os.path.join(path, tag, "zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+
+
+def to_universal(path: str, out: str) -> None:
+    """Rank 0 converts the latest checkpoint to DeepSpeed's universal format (any world size)."""
+    import subprocess
+    import sys
+
+    with open(os.path.join(path, "latest")) as f:
+        tag = f.read().strip()
+    if rank() == 0 and not os.path.exists(os.path.join(out, "latest")):
+        subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
+                        os.path.join(path, tag), "--output_folder", os.path.join(out, tag), "--num_extract_workers",
+                        "1", "--num_merge_workers", "1", "--inject_missing_state"], check=True,
+                       stdout=subprocess.DEVNULL)
+        with open(os.path.join(out, "latest"), "w") as f:
+            f.write(tag)
+    barrier()
+
+
+def save_checkpoint(engine, path: str, step: int, client_state: dict[str, Any]) -> None:
+    # universal checkpoints need the step in param_groups (torch's AdamW keeps it per parameter)
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    for group in inner.param_groups:
+        group["step"] = step
+    engine.save_checkpoint(path, tag=f"step{step}", client_state=client_state)
+
+
+def load_checkpoint(engine, path: str) -> dict[str, Any]:
+    """Load the latest tag under `path`; returns the client state saved with it."""
+    _, client_state = engine.load_checkpoint(path, load_optimizer_states=True, load_lr_scheduler_states=True)
+    if client_state is None:
+        raise RuntimeError(f"no DeepSpeed checkpoint could be loaded from {path}")
+    return client_state
+
+
+def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights on rank 0 (ZeRO-3: gathered from the shards; every rank must call)."""
+    if engine.zero_optimization_stage() == 3:
+        state = engine._zero3_consolidated_16bit_state_dict()
+        return state if rank() == 0 else None
+    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()} if rank() == 0 else None
+
+
+def export_hf(engine, out_dir: str, base_model_path: str, tokenizer: Any, lora: bool) -> None:
+    """Consolidate and write a plain HF folder (config, safetensors, tokenizer); LoRA merged."""
+    from transformers import AutoModelForCausalLM
+
+    state = full_state_dict(engine)  # collective under ZeRO-3
+    if rank() == 0:
+        inner = engine.module.model  # LogpModel.model: the HF (or peft) model
+        prefix = "model."
+        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+        hf_config = (inner.get_base_model() if lora else inner).config
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+        if lora:
+            from peft import get_peft_model
+
+            model = get_peft_model(model, inner.peft_config["default"])
+        missing, unexpected = model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+        missing = [k for k in missing if "lm_head" not in k]  # tied to the embeddings
+        if missing or unexpected:
+            raise RuntimeError(f"export: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        if lora:
+            model = model.merge_and_unload()
+        dtype = torch.bfloat16 if any(v.dtype == torch.bfloat16 for v in state.values()) else torch.float32
+        model.to(dtype).save_pretrained(out_dir)
+        tokenizer.save_pretrained(out_dir)
+    barrier()

@@ -1,0 +1,119 @@
+"""Tokenisation, masking and sequence log-probs shared by SFT, reference log-probs and DPO.
+
+An example is `prompt + completion + eos`, prompt and completion tokenised separately and
+concatenated (no merge across the boundary; TRL does the same). Loss and log-probs cover the
+completion tokens (and eos) only. An example longer than `max_length` is truncated: the prompt keeps
+at most its last `max_length // 2` tokens, the completion is cut on the right; `truncated` counts it.
+
+`sequence_logps` never materialises the full `[B, T, V]` fp32 logits: the LM head and log-softmax
+run over chunks of positions, each under activation checkpointing, so backward recomputes one
+chunk's logits at a time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.utils.checkpoint import checkpoint
+
+
+@dataclass
+class Encoded:
+    input_ids: list[int]
+    prompt_len: int
+    truncated: bool
+
+
+def encode(tokenizer: Any, prompt: str, completion: str, max_length: int) -> Encoded:
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    truncated = len(p) + len(c) > max_length
+    if truncated:
+        p = p[-min(len(p), max_length // 2):] if len(p) > max_length // 2 else p
+        c = c[: max_length - len(p)]
+    return Encoded(input_ids=p + c, prompt_len=len(p), truncated=truncated)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor  # [B, T] right-padded
+    attention_mask: torch.Tensor  # [B, T] 1 on real tokens
+    loss_mask: torch.Tensor  # [B, T] 1 on completion tokens (the labels), aligned with input_ids
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(*(t.to(device, non_blocking=True) for t in (self.input_ids, self.attention_mask, self.loss_mask)))
+
+
+def collate(examples: list[Encoded], pad_id: int, pad_to: int | None = None) -> Batch:
+    width = max(len(e.input_ids) for e in examples)
+    width = max(width, pad_to or 0)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    attn = torch.zeros((len(examples), width), dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        attn[i, :n] = 1
+        mask[i, e.prompt_len:n] = 1
+    return Batch(ids, attn, mask)
+
+
+def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = lm_head(hidden).float()  # [B, C, V] for one chunk only
+    return torch.gather(logits.log_softmax(-1), -1, targets.unsqueeze(-1)).squeeze(-1)  # [B, C]
+
+
+def token_logps(decoder: torch.nn.Module, lm_head: torch.nn.Module, input_ids: torch.Tensor,
+                attention_mask: torch.Tensor, chunk: int) -> torch.Tensor:
+    """Log-prob of each next token, `[B, T-1]`; position t scores input_ids[:, t+1]."""
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]  # [B, T-1, H]
+    targets = input_ids[:, 1:]  # [B, T-1]
+    pieces = []
+    for s in range(0, hidden.shape[1], chunk):
+        h, t = hidden[:, s:s + chunk], targets[:, s:s + chunk]
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(lm_head, h, t))
+    return torch.cat(pieces, dim=1)
+
+
+def split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(decoder stack, LM head) of a causal LM, peft-wrapped or not."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return base.get_decoder(), base.get_output_embeddings()
+
+
+def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   loss_mask: torch.Tensor, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed completion log-probs [B] fp32, completion tokens [B])."""
+    decoder, lm_head = split_model(model)
+    logps = token_logps(decoder, lm_head, input_ids, attention_mask, chunk)  # [B, T-1]
+    mask = loss_mask[:, 1:].to(logps.dtype)
+    return (logps * mask).sum(-1), mask.sum(-1)
+
+
+class LogpModel(torch.nn.Module):
+    """What DeepSpeed wraps: forward returns sequence log-probs, so every parameter access goes
+    through module calls (ZeRO-3 gathers on them) and the engine owns the whole computation."""
+
+    def __init__(self, model: torch.nn.Module, chunk: int):
+        super().__init__()
+        self.model = model
+        self.chunk = chunk
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return sequence_logps(self.model, input_ids, attention_mask, loss_mask, self.chunk)
+
+
+def pair_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[tuple[Encoded, Encoded]]:
+    return [(encode(tokenizer, r["prompt"], r["chosen"], max_length),
+             encode(tokenizer, r["prompt"], r["rejected"], max_length)) for r in rows]
+
+
+def pair_batch(pairs: list[tuple[Encoded, Encoded]], pad_id: int) -> Batch:
+    """Chosen then rejected in one batch `[2B, T]`: one forward for both."""
+    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)

@@ -1,0 +1,313 @@
+"""The training loop shared by SFT and DPO: one function, run by every Ray Train worker or as a plain
+process (world size 1, no Ray: `benchmarks/gpu_train.py`).
+
+Data order (deterministic, so 1 worker and 2 workers see the same global batches): every worker
+receives the *whole* table (Ray Data dataset, not split, rows sorted by their `_idx` column), and
+global batch s is rows `perm_e[i mod N]` for stream positions i = s*B .. s*B+B-1, where `perm_e`
+is a seeded permutation per epoch e = i // N. Rank r takes the r-th contiguous slice of the global
+batch and runs it in micro-batches. Losses are normalised by the *global* denominator (the batch's
+weight sum for DPO, its completion-token count for SFT), and the backward loss is multiplied by
+`accum * world` to undo DeepSpeed's averaging, so the gradient equals the full-batch gradient for
+any worker count and micro-batch size. Resume needs only the step number.
+
+Metrics are detached tensors summed over micro-batches and reduced once per logged step; the
+step itself has no host sync.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+
+from hsdpo.train import strategy
+from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
+from hsdpo.train.losses import sft_loss, weighted_dpo_loss
+from hsdpo.train.mfu import flops_per_token, peak_flops
+from hsdpo.train.tokenize import Encoded, LogpModel, collate, encode, pair_batch, pair_examples
+
+
+# ---- reporting: Ray Train when under it, else files only -----------------------------------------
+
+class Reporter:
+    def __init__(self, use_ray: bool, ckpt_dir: str | None):
+        self.use_ray = use_ray
+        self.ckpt_dir = ckpt_dir  # plain mode: where checkpoints live
+
+    def latest_checkpoint(self):
+        """A context manager yielding a local checkpoint directory, or None."""
+        if self.use_ray:
+            import ray.train
+
+            ckpt = ray.train.get_checkpoint()
+            return ckpt.as_directory() if ckpt else None
+        if self.ckpt_dir and os.path.exists(os.path.join(self.ckpt_dir, "latest")):
+            import contextlib
+
+            return contextlib.nullcontext(self.ckpt_dir)
+        return None
+
+    def report(self, metrics: dict[str, Any], engine=None, step: int = 0, state: dict | None = None) -> None:
+        """Metrics (and a checkpoint when `engine` is given). Every rank must call it alike."""
+        if not self.use_ray:
+            if engine is not None and self.ckpt_dir:
+                strategy.save_checkpoint(engine, self.ckpt_dir, step, state or {})
+            return
+        import ray.train
+
+        if engine is None:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            strategy.save_checkpoint(engine, d, step, state or {})
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+
+
+class MetricsLog:
+    """metrics.jsonl (+ TensorBoard / W&B) on rank 0; the history travels in checkpoints."""
+
+    def __init__(self, path: str | None, t: TrainConfig, out_dir: str | None, history: list[dict]):
+        self.path, self.history = path, list(history)
+        self.tb = self.wandb = None
+        if path is None:
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.writelines(json.dumps(h) + "\n" for h in self.history)
+        if t.tensorboard and out_dir:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(os.path.join(out_dir, "tb"))
+        if t.wandb_project:
+            import wandb
+
+            self.wandb = wandb.init(project=t.wandb_project, config=t.model_dump(mode="json"))
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+        if self.wandb:
+            self.wandb.log(row, step=row["step"])
+        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
+        print(f"[hsdpo train] {shown}", flush=True)
+
+
+# ---- data ----------------------------------------------------------------------------------------
+
+def global_batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
+    out, perms = [], {}
+    for i in range(step * batch, (step + 1) * batch):
+        epoch = i // n
+        if epoch not in perms:
+            perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+        out.append(perms[epoch][i % n])
+    return out
+
+
+def load_rows(rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    if rows is not None:
+        return rows
+    import ray.train
+
+    got = list(ray.train.get_dataset_shard("train").iter_rows())
+    return sorted(got, key=lambda r: r["_idx"])
+
+
+# ---- model ---------------------------------------------------------------------------------------
+
+def build_policy(spec: dict[str, Any], t: TrainConfig, model=None) -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    if model is None:
+        model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=torch.float32,
+                                                     attn_implementation=t.attn_implementation)
+    model.config.use_cache = False
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if t.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
+                                                 target_modules=t.lora.target_modules, task_type="CAUSAL_LM"))
+    model.train()
+    return LogpModel(model, t.logp_chunk)
+
+
+# ---- steps ---------------------------------------------------------------------------------------
+
+class Task:
+    """Encoded examples plus the micro-step of one method."""
+
+    def __init__(self, kind: str, cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: Any):
+        self.kind, self.cfg, self.pad = kind, cfg, tokenizer.pad_token_id
+        if kind == "dpo":
+            self.items = pair_examples(tokenizer, rows, cfg.max_length)
+            uniform = cfg.weighting == "uniform"
+            self.weights = [1.0 if uniform else float(r["weight"]) for r in rows]
+            self.ref = [(float(r["ref_chosen_logp"]), float(r["ref_rejected_logp"])) for r in rows]
+            self.truncated = sum(c.truncated or r.truncated for c, r in self.items)
+        else:
+            self.items = [encode(tokenizer, r["prompt"], r["completion"], cfg.max_length) for r in rows]
+            self.truncated = sum(e.truncated for e in self.items)
+
+    def completion_tokens(self, e: Encoded) -> int:
+        return len(e.input_ids) - e.prompt_len
+
+    def denominators(self, idx: list[int]) -> dict[str, float]:
+        if self.kind == "dpo":
+            return {"weight": sum(self.weights[i] for i in idx),
+                    "chosen_tokens": sum(self.completion_tokens(self.items[i][0]) for i in idx)}
+        return {"tokens": sum(self.completion_tokens(self.items[i]) for i in idx)}
+
+    def tokens(self, idx: list[int]) -> int:
+        if self.kind == "dpo":
+            return sum(len(c.input_ids) + len(r.input_ids) for c, r in (self.items[i] for i in idx))
+        return sum(len(self.items[i].input_ids) for i in idx)
+
+    def micro_step(self, engine, idx: list[int], den: dict[str, float], batch_frac: float, device):
+        """(loss for backward, metric sums) for one micro-batch; metrics already global-normalised."""
+        if self.kind == "sft":
+            b = collate([self.items[i] for i in idx], self.pad).to(device)
+            logps, ntok = engine(b.input_ids, b.attention_mask, b.loss_mask)
+            loss = sft_loss(logps, ntok, denominator=den["tokens"])
+            return loss, {"loss": loss.detach()}
+        b = pair_batch([self.items[i] for i in idx], self.pad).to(device)
+        logps, ntok = engine(b.input_ids, b.attention_mask, b.loss_mask)  # [2n]
+        n = len(idx)
+        ref = torch.tensor([self.ref[i] for i in idx], dtype=torch.float32, device=device)  # [n, 2]
+        w = torch.tensor([self.weights[i] for i in idx], dtype=torch.float32, device=device)
+        nll = -logps[:n].sum() / den["chosen_tokens"]
+        loss, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=self.cfg.beta,
+                                    nll_coef=self.cfg.nll_coef, chosen_nll=nll, denominator=den["weight"])
+        sums = {k: (v if k == "dpo_loss" else v * (n * batch_frac)) for k, v in m.items()}
+        return loss, {"loss": loss.detach(), "chosen_nll": nll.detach(), **sums}
+
+
+def run_step(task: Task, engine, step: int, n: int, world: int, rank: int, device) -> tuple[dict, int]:
+    t = task.cfg
+    idx = global_batch_indices(step, t.batch_size, n, t.seed)
+    den = task.denominators(idx)
+    per_rank = t.batch_size // world
+    mine = idx[rank * per_rank:(rank + 1) * per_rank]
+    accum = per_rank // t.micro_batch_size
+    sums: dict[str, torch.Tensor] = {}
+    for a in range(accum):
+        micro = mine[a * t.micro_batch_size:(a + 1) * t.micro_batch_size]
+        loss, m = task.micro_step(engine, micro, den, 1.0 / t.batch_size, device)
+        engine.backward(loss * (accum * world))
+        engine.step()
+        for k, v in m.items():
+            sums[k] = sums.get(k, 0) + v
+    return sums, task.tokens(idx)
+
+
+def reduce_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    keys = sorted(sums)
+    flat = strategy.all_reduce_sum(torch.stack([sums[k].float() for k in keys]))
+    return dict(zip(keys, flat.cpu().tolist()))
+
+
+def check_batching(t: TrainConfig, world: int) -> int:
+    if t.batch_size % (t.micro_batch_size * world):
+        raise ValueError(f"batch_size {t.batch_size} is not a multiple of micro_batch_size {t.micro_batch_size}"
+                         f" x num_workers {world}")
+    return t.batch_size // (t.micro_batch_size * world)
+
+
+# ---- the loop ------------------------------------------------------------------------------------
+
+def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None, model=None,
+                 tokenizer=None) -> list[dict[str, Any]]:
+    """Train per `spec` (kind, cfg, model_path, tokenizer_path, out_dir, ckpt_dir, marker, use_ray,
+    export); returns the metrics history (rank 0). `rows`/`model`/`tokenizer` bypass Ray Data and
+    loading (plain-process benchmark)."""
+    kind = spec["kind"]
+    t: TrainConfig = (DPOConfig if kind == "dpo" else SFTConfig).model_validate(spec["cfg"])
+    strategy.init_distributed(t.use_gpu)
+    world, rank = strategy.world_size(), strategy.rank()
+    device = torch.device(f"cuda:{torch.cuda.current_device()}") if t.use_gpu else torch.device("cpu")
+    accum = check_batching(t, world)
+    if tokenizer is None:
+        from hsdpo.model import load_tokenizer
+
+        tokenizer = load_tokenizer(spec["tokenizer_path"])
+    rows = load_rows(rows)
+    task = Task(kind, t, rows, tokenizer)
+    rows_per_forward = t.micro_batch_size * (2 if kind == "dpo" else 1)
+    reporter = Reporter(spec.get("use_ray", False), spec.get("ckpt_dir"))
+    engine, start, history = build_and_resume(spec, t, model, rows_per_forward, accum, reporter)
+    out_dir = spec.get("out_dir")
+    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl") if out_dir and rank == 0 else None, t, out_dir, history)
+    n_flop = flops_per_token(engine.module.model)
+    peak = peak_flops(device) if t.use_gpu else None
+    if rank == 0:
+        print(f"[hsdpo train] {kind}: {len(rows)} rows, {task.truncated} truncated, world {world}, "
+              f"accum {accum}, start step {start}", flush=True)
+    for step in range(start, t.steps):
+        inject_failure(t, spec, step, rank)
+        t0 = time.perf_counter()
+        lr = engine.optimizer.param_groups[0]["lr"]
+        sums, tokens = run_step(task, engine, step, len(rows), world, rank, device)
+        done = step + 1
+        ckpt = bool(t.checkpoint_every) and done % t.checkpoint_every == 0 and done < t.steps
+        if done % t.log_every == 0 or done == t.steps or ckpt:
+            row = reduce_metrics(sums)  # syncs the device once
+            dt = time.perf_counter() - t0
+            row.update(step=done, lr=lr, grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                       tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated)
+            row["mfu"] = (n_flop * tokens / dt / (peak * world)) if peak else None
+            log.add(row)
+            state = {"step": done, "world": world, "history": log.history}
+            reporter.report(row, engine if ckpt else None, done, state)
+    if spec.get("export", True):
+        strategy.export_hf(engine, os.path.join(out_dir, "model"), spec.get("model_path"), tokenizer,
+                           t.lora.enabled)
+    return log.history
+
+
+def build_and_resume(spec: dict[str, Any], t: TrainConfig, model, rows_per_forward: int, accum: int,
+                     reporter: Reporter):
+    """(engine, start step, metrics history); a checkpoint from another world size goes universal."""
+    policy = build_policy(spec, t, model)
+    ctx = reporter.latest_checkpoint()
+    if ctx is None:
+        return strategy.initialize(policy, t, rows_per_forward, accum), 0, []
+    with ctx as d:
+        universal = strategy.checkpoint_world(d) != strategy.world_size()
+        if universal:
+            u = os.path.join(d, "_universal")
+            strategy.to_universal(d, u)
+            d = u
+        engine = strategy.initialize(policy, t, rows_per_forward, accum, universal=universal)
+        state = strategy.load_checkpoint(engine, d)
+    if strategy.rank() == 0:
+        print(f"[hsdpo train] resumed at step {state['step']} (checkpoint from {state['world']} workers)", flush=True)
+    return engine, int(state["step"]), list(state.get("history", []))
+
+
+def inject_failure(t: TrainConfig, spec: dict[str, Any], step: int, rank: int) -> None:
+    """Testing aid: rank 0 raises once when step `fail_at_step` begins (marker file = already failed)."""
+    marker = spec.get("marker")
+    if t.fail_at_step is None or step + 1 != t.fail_at_step or rank != 0 or not marker:
+        return
+    if os.path.exists(marker):
+        return
+    os.makedirs(os.path.dirname(marker), exist_ok=True)
+    open(marker, "w").close()
+    raise RuntimeError(f"injected failure at step {t.fail_at_step} (fail_at_step, a testing aid)")
+
+
+def ray_train_loop(spec: dict[str, Any]) -> None:
+    """The Ray Train entry point (train_loop_per_worker)."""
+    train_worker({**spec, "use_ray": True})

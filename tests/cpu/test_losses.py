@@ -1,0 +1,74 @@
+"""The DPO and SFT losses against hand-computed values (see the worked example in losses.py)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hsdpo.train.losses import sft_loss, weighted_dpo_loss
+
+
+def t(*xs: float) -> torch.Tensor:
+    return torch.tensor(xs, dtype=torch.float64)
+
+
+def test_worked_example_from_the_docstring():
+    loss, m = weighted_dpo_loss(t(-1, -2), t(-2, -1), t(-1, -1), t(-1, -1), t(1, 3), beta=1.0)
+    a, b = math.log(1 + math.exp(-1)), math.log(1 + math.exp(1))
+    assert a == pytest.approx(0.313262, abs=1e-6) and b == pytest.approx(1.313262, abs=1e-6)
+    assert loss.item() == pytest.approx((1 * a + 3 * b) / 4, abs=1e-12)
+    assert loss.item() == pytest.approx(1.063262, abs=1e-6)
+    assert m["dpo_loss_unweighted"].item() == pytest.approx((a + b) / 2)
+    assert m["rewards_chosen"].item() == pytest.approx(-0.5)
+    assert m["rewards_rejected"].item() == pytest.approx(-0.5)
+    assert m["margins"].item() == pytest.approx(0.0)
+    assert m["accuracy"].item() == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    "pc, pr, rc, rr, beta, want",
+    [
+        ((0.0,), (0.0,), (0.0,), (0.0,), 0.1, math.log(2)),  # policy = reference: ln 2
+        ((-3.0,), (-5.0,), (-4.0,), (-4.0,), 0.5, math.log(1 + math.exp(-1.0))),  # h = 1 - (-1) = 2, beta h = 1
+        ((-5.0,), (-3.0,), (-4.0,), (-4.0,), 0.5, math.log(1 + math.exp(1.0))),
+    ],
+)
+def test_single_pair_table(pc, pr, rc, rr, beta, want):
+    loss, _ = weighted_dpo_loss(t(*pc), t(*pr), t(*rc), t(*rr), t(2.5), beta=beta)  # one pair: weight cancels
+    assert loss.item() == pytest.approx(want, abs=1e-12)
+
+
+def test_all_weights_one_is_plain_sigmoid_dpo():
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(7, generator=g, dtype=torch.float64) * 5 for _ in range(4))
+    loss, _ = weighted_dpo_loss(pc, pr, rc, rr, torch.ones(7, dtype=torch.float64), beta=0.2)
+    plain = -F.logsigmoid(0.2 * ((pc - rc) - (pr - rr))).mean()
+    assert loss.item() == plain.item()
+
+
+def test_zero_weight_pair_gets_zero_gradient():
+    pc = t(-1.0, -2.0, -3.0).requires_grad_()
+    pr = t(-2.0, -1.0, -1.0).requires_grad_()
+    loss, _ = weighted_dpo_loss(pc, pr, t(-1, -1, -1), t(-1, -1, -1), t(1.0, 0.0, 2.0), beta=0.3)
+    loss.backward()
+    assert pc.grad[1].item() == 0.0 and pr.grad[1].item() == 0.0
+    assert pc.grad[0].item() != 0.0 and pc.grad[2].item() != 0.0
+
+
+def test_nll_term_and_global_denominator():
+    args = (t(-1.0), t(-2.0), t(-1.0), t(-1.0), t(2.0))
+    base, _ = weighted_dpo_loss(*args, beta=1.0)
+    with_nll, m = weighted_dpo_loss(*args, beta=1.0, nll_coef=0.5, chosen_nll=torch.tensor(3.0, dtype=torch.float64))
+    assert with_nll.item() == pytest.approx(base.item() + 1.5)
+    assert m["dpo_loss"].item() == pytest.approx(base.item())
+    half, _ = weighted_dpo_loss(*args, beta=1.0, denominator=4.0)  # global weight sum 4, this micro-batch 2
+    assert half.item() == pytest.approx(base.item() / 2)
+
+
+def test_sft_loss_is_mean_nll_per_completion_token():
+    # two examples: log-prob sums -6 over 3 tokens and -2 over 1 token -> 8 / 4 = 2
+    assert sft_loss(t(-6.0, -2.0), t(3.0, 1.0)).item() == pytest.approx(2.0)
+    assert sft_loss(t(-6.0, -2.0), t(3.0, 1.0), denominator=8.0).item() == pytest.approx(1.0)
