@@ -1,0 +1,79 @@
+"""The `pairs` stage: verified samples -> weighted preference pairs (TRL's preference format).
+
+    hsdpo pairs jobs/tiny.yaml
+    hsdpo pairs jobs/tiny.yaml pairs.weighting=uniform pairs.negatives=random   # ablations
+    ray job submit --working-dir . -- hsdpo pairs jobs/qwen2.5-1.5b-metamath.yaml
+
+Input: `samples/` (one row a verified sample). Output `<run_dir>/pairs/pairs.parquet`: `pair_id,
+problem_id, prompt, chosen, rejected, weight, kind` (prompt = the formatted prompt text, chosen /
+rejected = completion texts, so the file loads straight into TRL's DPOTrainer), `weight_raw`,
+`chosen_sample_id` / `rejected_sample_id` (-1 = the gold solution) and both verdicts prefixed
+`chosen_` / `rejected_`. The selection and weight math is hsdpo.pairs (pure Python); this module
+reads, groups and writes. Samples are grouped in the driver: one row a sample is a few KB, so
+a few million samples fit in memory.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from hsdpo.config import PipelineConfig
+from hsdpo.pairs import NO_PAIR_REASONS, Pair, normalise_pairs, select_pairs, weight_stats
+from hsdpo.rundir import RunDir, StageResult, join
+from hsdpo.stage import log, read_rows, run_stage, write_rows
+
+KINDS = ("hard", "easy", "gold")
+
+
+def group_by_problem(samples: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in samples:
+        groups[r["problem_id"]].append(r)
+    return dict(sorted(groups.items()))
+
+
+def pair_row(pair_id: str, p: Pair, verdict_columns: list[str]) -> dict[str, Any]:
+    row = {"pair_id": pair_id, "problem_id": p.rejected["problem_id"], "prompt": p.rejected["prompt"],
+           "chosen": p.chosen["completion"], "rejected": p.rejected["completion"], "weight": p.weight,
+           "kind": p.kind, "chosen_sample_id": p.chosen["sample_id"], "rejected_sample_id": p.rejected["sample_id"]}
+    for c in verdict_columns:
+        row[f"chosen_{c}"] = p.chosen.get(c)
+        row[f"rejected_{c}"] = p.rejected.get(c)
+    return row
+
+
+def _build(cfg: PipelineConfig, out: str) -> StageResult:
+    from hsdpo.verifier.batch import VERDICT_COLUMNS
+
+    samples = read_rows(RunDir(cfg.run_dir).path(cfg.sample.output))
+    groups = group_by_problem(samples)
+    log(f"pairs: {len(samples)} samples of {len(groups)} problems, negatives={cfg.pairs.negatives}, "
+        f"weighting={cfg.pairs.weighting}")
+    pairs: list[Pair] = []
+    no_pair: Counter = Counter()
+    for pid, rows in groups.items():
+        got = select_pairs(rows[0], rows, cfg.pairs, seed=cfg.seed)
+        if got.reason:
+            no_pair[got.reason] += 1
+        pairs += got.pairs
+    raw = [p.weight for p in pairs]
+    normalise_pairs(pairs)
+    counts: Counter = Counter()
+    rows_out = []
+    for p, w_raw in zip(pairs, raw):
+        pid = p.rejected["problem_id"]
+        rows_out.append({**pair_row(f"{pid}/{counts[pid]}", p, VERDICT_COLUMNS), "weight_raw": w_raw})
+        counts[pid] += 1
+    if rows_out:
+        write_rows(rows_out, join(out, "pairs.parquet"))
+    kinds = Counter(p.kind for p in pairs)
+    rows = {"problems": len(groups), "problems_with_pairs": len(counts), "pairs": len(pairs),
+            **{f"no_pair: {r}": no_pair[r] for r in NO_PAIR_REASONS},
+            **{f"pairs: {k}": kinds[k] for k in KINDS}}
+    return StageResult(stage="pairs", output=cfg.pairs.output, path=out, rows=rows, metrics=weight_stats(pairs))
+
+
+def run_pairs(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    return run_stage(cfg, stage="pairs", output=cfg.pairs.output, inputs=[cfg.sample.output],
+                     sections=("pairs", "seed"), body=lambda out: _build(cfg, out), force=force)

@@ -1,0 +1,181 @@
+"""The `hf` sampler backend: a callable class for `Dataset.map_batches` that decodes a batch of
+prompts with `transformers` `generate` (CPU or one GPU). No Ray import: the same class runs as a
+plain object (benchmarks/gpu_sampling.py) and as a Ray Data actor (hsdpo.sampling.pipeline).
+
+    sampler = HFSampler("runs/demo/sft/model", temperature=1.0, max_new_tokens=64)
+    out = sampler({"prompt": np.array(["Question: ...\\nAnswer: "], dtype=object), "seed": np.array([7])})
+    out["completion"], out["finish_reason"], out["num_tokens"], out["error"]
+
+Reproducibility. Each row carries its own `seed`; the sampled token at step t is
+`argmax(logits / T + Gumbel(hash(seed, t, token)))` over the top-p nucleus (the Gumbel-max trick:
+an exact draw from softmax(logits / T) restricted to the nucleus). The noise is a pure function of
+(seed, step, token id), so a row's completion does not depend on which batch, actor or retry
+decodes it, nor on the global torch RNG. It is bit-identical whenever the same rows are batched
+together on the same device; across batch compositions only the model's float rounding (padding
+changes the matmul shapes) can flip a near-tie. Temperature 0 is greedy.
+
+Outputs per row: `completion` (generated text without the prompt, eos and stop string),
+`finish_reason` ("stop": eos or a stop string; "length": max_new_tokens reached; "error"),
+`num_tokens` (generated tokens, eos/stop tokens included) and `error` ("" or the message). A batch
+that raises is retried row by row, so one bad row costs its own sample, never the job.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+# splitmix64 constants as signed int64 (torch int64 arithmetic wraps).
+_C1 = 0xBF58476D1CE4E5B9 - 2**64
+_C2 = 0x94D049BB133111EB - 2**64
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
+
+
+def _mix64(x: torch.Tensor) -> torch.Tensor:
+    """splitmix64 finaliser on int64 tensors (logical right shifts via masks)."""
+    x = x ^ ((x >> 30) & ((1 << 34) - 1))
+    x = x * _C1
+    x = x ^ ((x >> 27) & ((1 << 37) - 1))
+    x = x * _C2
+    return x ^ ((x >> 31) & ((1 << 33) - 1))
+
+
+def gumbel_noise(seeds: torch.Tensor, step: int, vocab: int) -> torch.Tensor:
+    """Gumbel(0, 1) noise [B, V], a pure function of (seed_b, step, token id)."""
+    step_key = ((step + 1) * _C2 + 2**63) % 2**64 - 2**63  # wrapped to int64 in Python
+    base = _mix64(seeds.to(torch.int64) * _GOLDEN + step_key)  # [B]
+    tokens = torch.arange(vocab, device=seeds.device, dtype=torch.int64)  # [V]
+    bits = _mix64(base[:, None] ^ (tokens[None, :] * _GOLDEN))  # [B, V]
+    u = (((bits >> 40) & 0xFFFFFF).to(torch.float32) + 0.5) * (1.0 / 2**24)  # uniform in (0, 1)
+    return -torch.log(-torch.log(u))
+
+
+class SeededSampling:
+    """Logits processor for greedy `generate`: turns argmax into a per-row seeded sample."""
+
+    def __init__(self, seeds: torch.Tensor, prompt_len: int, temperature: float, top_p: float):
+        self.seeds, self.prompt_len, self.temperature, self.top_p = seeds, prompt_len, temperature, top_p
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.temperature <= 0:
+            return scores
+        logits = scores.float() / self.temperature  # [B, V]
+        if self.top_p < 1.0:
+            logits = _top_p_mask(logits, self.top_p)
+        step = input_ids.shape[1] - self.prompt_len
+        return logits + gumbel_noise(self.seeds, step, logits.shape[-1])
+
+
+def _top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """-inf outside the smallest set of tokens whose probability reaches top_p (the top token stays)."""
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cum = sorted_logits.softmax(-1).cumsum(-1)
+    drop_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # mass before this token already >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+class HFSampler:
+    """Loads the model and tokenizer once; each call decodes one batch (numpy columns in and out).
+
+    Needs columns `prompt` (str) and `seed` (int); adds `completion, finish_reason, num_tokens,
+    error`; every other column passes through. Never drops or adds rows.
+    """
+
+    def __init__(self, model_path: str, *, temperature: float = 1.0, top_p: float = 1.0, max_new_tokens: int = 256,
+                 stop_strings: Sequence[str] = (), device: str | None = None, dtype: str = "auto",
+                 torch_threads: int | None = None, trust_remote_code: bool = False,
+                 crash_once_marker: str | None = None):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=_resolve_dtype(dtype, self.device), trust_remote_code=trust_remote_code
+        ).to(self.device).eval()
+        self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
+        self.stop_strings = [s for s in stop_strings if s]
+        self.crash_once_marker = crash_once_marker
+        self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._maybe_crash()
+        prompts = [str(p) for p in batch["prompt"]]
+        seeds = [int(s) for s in batch["seed"]]
+        try:
+            results = self.generate(prompts, seeds)
+        except Exception:  # noqa: BLE001 - retry row by row so a bad row only costs itself
+            results = [self._generate_one(p, s) for p, s in zip(prompts, seeds)]
+        out = dict(batch)
+        out["completion"] = np.array([r[0] for r in results], dtype=object)
+        out["finish_reason"] = np.array([r[1] for r in results], dtype=object)
+        out["num_tokens"] = np.array([r[2] for r in results], dtype=np.int64)
+        out["error"] = np.array([r[3] for r in results], dtype=object)
+        return out
+
+    def _generate_one(self, prompt: str, seed: int) -> tuple[str, str, int, str]:
+        try:
+            return self.generate([prompt], [seed])[0]
+        except Exception as err:  # noqa: BLE001
+            return "", "error", 0, f"{type(err).__name__}: {err}"[:500]
+
+    @torch.inference_mode()
+    def generate(self, prompts: list[str], seeds: list[int]) -> list[tuple[str, str, int, str]]:
+        """(completion, finish_reason, num_tokens, error) per prompt."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        prompt_len = enc["input_ids"].shape[1]
+        seeds_t = torch.tensor(seeds, dtype=torch.int64, device=self.device)
+        gen_cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                   eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+                                   stop_strings=self.stop_strings or None)
+        sampling = SeededSampling(seeds_t, prompt_len, self.temperature, self.top_p)
+        out = self.model.generate(**enc, generation_config=gen_cfg, tokenizer=self.tokenizer,
+                                  logits_processor=LogitsProcessorList([sampling]))
+        new = out[:, prompt_len:].cpu().numpy()  # [B, T_new]
+        return [self._finish(row) for row in new]
+
+    def _finish(self, tokens: np.ndarray) -> tuple[str, str, int, str]:
+        """Cut one row's new tokens at eos / padding / stop string; count what was generated."""
+        eos = np.flatnonzero(tokens == self.eos_id)
+        if eos.size:
+            n, text_tokens, hit_eos = int(eos[0]) + 1, tokens[: eos[0]], True
+        else:
+            n = len(tokens)
+            while n and tokens[n - 1] == self.pad_id:  # finished rows are padded after a stop string
+                n -= 1
+            text_tokens, hit_eos = tokens[:n], False
+        text = self.tokenizer.decode(text_tokens, skip_special_tokens=True)
+        cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=-1)
+        if cut >= 0:
+            return text[:cut], "stop", n, ""
+        return text, "stop" if hit_eos else "length", n, ""
+
+    def _maybe_crash(self) -> None:
+        marker = self.crash_once_marker
+        if marker and not os.path.exists(marker):
+            with open(marker, "w") as f:
+                f.write(str(os.getpid()))
+            os._exit(1)
+
+
+def describe(sampler: HFSampler) -> dict[str, Any]:
+    """Parameter count and device, for logs and benchmark reports."""
+    return {"params": sum(p.numel() for p in sampler.model.parameters()), "device": sampler.device,
+            "dtype": str(next(sampler.model.parameters()).dtype).replace("torch.", "")}

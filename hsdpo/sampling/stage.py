@@ -1,0 +1,65 @@
+"""The `sample` stage: N solutions per problem, verified in the same Ray Data stream.
+
+    hsdpo sample jobs/tiny.yaml                                       # local Ray, hf backend
+    hsdpo sample jobs/tiny.yaml sample.n=16 sample.concurrency=[1,8]  # autoscaling sampler pool
+    ray job submit --working-dir . -- hsdpo sample jobs/qwen2.5-1.5b-metamath.yaml   # vllm on GPUs
+
+Input: `problems/` (split `sample.split`, at most `sample.limit` problems) and the model of
+`sample.model_from` (a stage folder such as `sft`, or a path / hub id).
+Output `<run_dir>/samples/`: Parquet, one row a sample (`problem_id, sample_id, prompt,
+completion, finish_reason, num_tokens, question, gold_answer, gold_solution, source, split,
+gold_steps, seed, error` + the verifier's verdict columns), exactly `n` rows per problem, and
+`_manifest.json` with rows, tokens, tokens/s and solutions/s. The dataflow itself is
+hsdpo.sampling.pipeline.
+"""
+
+from __future__ import annotations
+
+from hsdpo.config import PipelineConfig
+from hsdpo.rundir import StageResult
+from hsdpo.stage import log, run_stage
+
+
+def _build(cfg: PipelineConfig, out: str) -> StageResult:
+    from hsdpo.data.stage import load_problems
+    from hsdpo.model import resolve_model_path
+    from hsdpo.rayutil import init_ray
+    from hsdpo.sampling.pipeline import sample_and_verify
+
+    s = cfg.sample
+    problems = load_problems(cfg, split=s.split, limit=s.limit)
+    if not problems:
+        raise ValueError(f"sample: no problems in split {s.split!r} of {cfg.data.output}/")
+    model_path = resolve_model_path(cfg.run_dir, s.model_from)
+    log(f"sample: {len(problems)} problems x n={s.n} from {model_path} ({s.backend} backend, "
+        f"verify={'on' if s.verify else 'off'})")
+    init_ray(cfg.ray)
+    m = sample_and_verify(problems, model_path, out, s, cfg.verifier, cfg.model.prompt_template,
+                          n=s.n, temperature=s.temperature, seed=cfg.seed)
+    rows = {"samples": m["rows"], "problems": m["problems"]}
+    if "correct" in m:
+        rows["correct"] = m["correct"]
+    keep = ("tokens", "tokens_per_s", "solutions_per_s", "errors", "finish_stop", "finish_length", "finish_error")
+    return StageResult(stage="sample", output=s.output, path=out, rows=rows,
+                       rejects={"error": m["errors"]} if m["errors"] else {},
+                       metrics={k: m[k] for k in keep if k in m})
+
+
+def run_sample(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    if cfg.sample.backend == "vllm":
+        from hsdpo.sampling.vllm import require_vllm
+
+        require_vllm()  # a one-line error before any work
+    model_input = [cfg.sample.model_from] if _is_stage(cfg, cfg.sample.model_from) else []
+    return run_stage(cfg, stage="sample", output=cfg.sample.output, inputs=[cfg.data.output, *model_input],
+                     sections=("sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force)
+
+
+def _is_stage(cfg: PipelineConfig, ref: str) -> bool:
+    """A model ref that is a run-dir stage folder (its manifest is an input of this stage): one with a
+    manifest, or a bare name (no '/') that is not a local path, such as `sft`."""
+    import os
+
+    from hsdpo.rundir import RunDir
+
+    return RunDir(cfg.run_dir).manifest(ref) is not None or ("/" not in ref and not os.path.exists(ref))

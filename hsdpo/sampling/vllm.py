@@ -1,0 +1,94 @@
+"""The `vllm` sampler backend (GPU production path): Ray's `ray.data.llm` vLLM processor.
+
+Written against the public APIs pinned by the `vllm` extra (vllm==0.33.*, ray[llm] 2.60):
+`ray.data.llm.vLLMEngineProcessorConfig` + `build_processor`, with per-row
+`vllm.SamplingParams` fields in a `sampling_params` column (temperature, top_p, max_tokens,
+stop, seed). Ray's own chat-template / tokenize / detokenize stages are off: the prompt is
+already formatted text (hsdpo.prompts), and vLLM tokenizes it and applies the stop strings
+itself, so the completion excludes the stop string and eos exactly as the `hf` backend does.
+
+The processor's output lacks vLLM's `finish_reason`, so it is derived: "length" when the engine
+produced `max_tokens` tokens, else "stop"; rows that fail carry `__inference_error__`
+(`should_continue_on_error`) and become finish_reason "error" with the message in `error`.
+vLLM needs CUDA; without it installed, selecting the backend is a one-line error.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hsdpo.config import ConfigError
+from hsdpo.sampling.config import SampleConfig
+
+if TYPE_CHECKING:
+    from ray.data import Dataset
+
+ERROR_COLUMN = "__inference_error__"
+
+
+class VLLMNotInstalled(ConfigError):
+    """The vllm backend was selected where vLLM is not installed."""
+
+
+def require_vllm() -> None:
+    if importlib.util.find_spec("vllm") is None:
+        raise VLLMNotInstalled("sample.backend=vllm needs vLLM, which is not installed here: "
+                               "pip install 'hsdpo[vllm]' on a CUDA machine (or use sample.backend=hf)")
+
+
+def engine_kwargs(cfg: SampleConfig) -> dict[str, Any]:
+    v = cfg.vllm
+    kwargs: dict[str, Any] = dict(tensor_parallel_size=v.tensor_parallel_size, max_num_seqs=v.max_num_seqs,
+                                  gpu_memory_utilization=v.gpu_memory_utilization, dtype=v.dtype)
+    if v.max_model_len is not None:
+        kwargs["max_model_len"] = v.max_model_len
+    return {**kwargs, **v.engine_kwargs}
+
+
+def sampling_params(cfg: SampleConfig, temperature: float) -> dict[str, Any]:
+    """vllm.SamplingParams fields shared by every row (the row adds its own `seed`)."""
+    return dict(temperature=temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, stop=list(cfg.stop_strings))
+
+
+def apply_vllm(ds: "Dataset", model_path: str, cfg: SampleConfig, *, temperature: float,
+               columns: list[str]) -> "Dataset":
+    """Rows with `prompt` and `seed` -> the same rows plus `completion, finish_reason, num_tokens, error`."""
+    require_vllm()
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    config = vLLMEngineProcessorConfig(
+        model_source=model_path,
+        engine_kwargs=engine_kwargs(cfg),
+        batch_size=cfg.batch_size,
+        concurrency=cfg.concurrency,
+        accelerator_type=cfg.vllm.accelerator_type,
+        should_continue_on_error=True,
+        chat_template_stage=False,
+        tokenize_stage=False,
+        detokenize_stage=False,
+    )
+    shared = sampling_params(cfg, temperature)
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {**row, "sampling_params": {**shared, "seed": int(row["seed"])}},
+    )
+    return processor(ds).map_batches(to_sample_columns, batch_format="numpy",
+                                     fn_kwargs={"max_tokens": cfg.max_new_tokens, "columns": columns})
+
+
+def to_sample_columns(batch: dict[str, np.ndarray], max_tokens: int, columns: list[str]) -> dict[str, np.ndarray]:
+    """The processor's output columns -> the samples schema (the hf backend's)."""
+    n = len(batch["prompt"])
+    errors = [str(e or "") for e in batch.get(ERROR_COLUMN, [""] * n)]
+    texts = batch.get("generated_text", np.array([""] * n, dtype=object))
+    counts = np.asarray(batch.get("num_generated_tokens", np.zeros(n)), dtype=np.int64)
+    out = {c: batch[c] for c in columns}
+    out["completion"] = np.array(["" if e else str(t) for t, e in zip(texts, errors)], dtype=object)
+    out["finish_reason"] = np.array(["error" if e else ("length" if k >= max_tokens else "stop")
+                                     for k, e in zip(counts, errors)], dtype=object)
+    out["num_tokens"] = np.where([bool(e) for e in errors], 0, counts).astype(np.int64)
+    out["error"] = np.array(errors, dtype=object)
+    return out

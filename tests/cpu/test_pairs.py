@@ -1,0 +1,155 @@
+"""Pair selection, kinds, gold fallback and weights, table-driven against hand-computed cases; and
+the `pairs` stage on a hand-made samples table (no model, no Ray)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hsdpo.config import config_from_dict
+from hsdpo.pairs import PairsConfig, normalise, raw_weight, select_pairs
+from hsdpo.pairs_stage import run_pairs
+from hsdpo.rundir import RunDir, StageResult
+from hsdpo.stage import read_rows, write_rows
+
+
+def s(sid: int, correct: bool, text: str | None = None, *, wrong: float = 0.5, absurd: float = 0.0,
+      numeric: float = 0.0, hard: bool = False, error: str = "") -> dict:
+    """A verified sample of problem p1."""
+    return {"problem_id": "p1", "sample_id": sid, "prompt": "Question: q\nAnswer: ", "completion": text or f"sol {sid}",
+            "gold_solution": "gold steps\n#### 4", "gold_answer": "4", "correct": correct,
+            "wrongness": 0.0 if correct else wrong, "absurdity": absurd, "err_numeric": numeric,
+            "hard_negative": hard, "error": error, "pred_answer": "4" if correct else "5", "flags": "",
+            "first_error_step": -1, "num_steps": 1}
+
+
+CFG = PairsConfig(pairs_per_problem=2)
+# (case, samples, config, expected [(chosen sample_id, rejected sample_id, kind)], expected reason)
+CASES = [
+    ("hard negatives first, then easy, nearest first",
+     [s(0, True), s(1, False, wrong=0.6), s(2, False, wrong=0.3, hard=True), s(3, False, wrong=0.2)],
+     PairsConfig(pairs_per_problem=3), [(0, 2, "hard"), (0, 3, "easy"), (0, 1, "easy")], None),
+    ("chosen = lowest wrongness, then shortest",
+     [s(0, True, "a much longer solution"), s(1, True, "short"), s(2, False, hard=True)] + [
+         {**s(3, True, "tiny"), "wrongness": 0.1}],
+     CFG, [(1, 2, "hard")], None),
+    ("capped at pairs_per_problem",
+     [s(0, True), s(1, False, hard=True), s(2, False, hard=True, wrong=0.4), s(3, False)],
+     CFG, [(0, 2, "hard"), (0, 1, "hard")], None),
+    ("identical wrong completions count once",
+     [s(0, True), s(1, False, "same"), s(2, False, "same"), s(3, False, "other", wrong=0.9)],
+     CFG, [(0, 1, "easy"), (0, 3, "easy")], None),
+    ("gold fallback when none is correct",
+     [s(0, False, hard=True), s(1, False)], CFG, [(-1, 0, "gold"), (-1, 1, "gold")], None),
+    ("no gold fallback when switched off",
+     [s(0, False), s(1, False)], PairsConfig(use_gold=False), [], "all_wrong_no_gold"),
+    ("all correct", [s(0, True), s(1, True)], CFG, [], "all_correct"),
+    ("errored rows are unusable", [s(0, True, error="boom"), s(1, False, error="boom")], CFG, [], "no_usable_samples"),
+    ("an errored correct row is not chosen",
+     [s(0, True, error="gen failed"), s(1, False)], CFG, [(-1, 1, "gold")], None),
+]
+
+
+@pytest.mark.parametrize("case,samples,cfg,expected,reason", CASES, ids=[c[0] for c in CASES])
+def test_select_pairs(case, samples, cfg, expected, reason):
+    got = select_pairs(samples[0], samples, cfg)
+    assert [(p.chosen["sample_id"], p.rejected["sample_id"], p.kind) for p in got.pairs] == expected
+    assert got.reason == reason
+
+
+def test_gold_chosen_is_the_gold_solution():
+    got = select_pairs(s(0, False), [s(0, False)], CFG)
+    assert got.pairs[0].chosen["completion"] == "gold steps\n#### 4" and got.pairs[0].chosen["correct"] is True
+
+
+# w = clip(1 + λ(1 − a)(1 − n), w_min, w_max), hand-computed:
+WEIGHTS = [
+    (dict(), 0.0, 0.0, 2.0),                       # 1 + 1·1·1
+    (dict(), 0.5, 0.0, 1.5),                       # 1 + 1·0.5·1
+    (dict(), 0.5, 0.5, 1.25),                      # 1 + 1·0.5·0.5
+    (dict(), 1.0, 0.0, 1.0),                       # absurd: no bonus
+    (dict(lam=4.0), 0.0, 0.0, 3.0),                # 5 clipped to w_max 3
+    (dict(lam=2.0), 0.25, 0.2, 2.2),               # 1 + 2·0.75·0.8
+    (dict(lam=0.0, w_min=1.5), 0.0, 0.0, 1.5),     # 1 clipped up to w_min
+    (dict(weighting="uniform", lam=4.0), 0.0, 0.0, 1.0),
+]
+
+
+@pytest.mark.parametrize("overrides,absurdity,numeric,expected", WEIGHTS)
+def test_raw_weight(overrides, absurdity, numeric, expected):
+    cfg = PairsConfig(**overrides)
+    assert raw_weight({"absurdity": absurdity, "err_numeric": numeric}, cfg) == pytest.approx(expected)
+
+
+def test_normalise_to_mean_one():
+    assert normalise([2.0, 1.0, 1.0]) == pytest.approx([1.5, 0.75, 0.75])
+    assert normalise([1.0, 1.0]) == [1.0, 1.0] and normalise([]) == []
+
+
+def test_random_negatives_draw_from_all_wrong_samples():
+    samples = [s(0, True)] + [s(i, False, hard=i <= 2, wrong=i / 10) for i in range(1, 9)]
+    cfg = PairsConfig(negatives="random", pairs_per_problem=2)
+    drawn = set()
+    for seed in range(60):
+        got = select_pairs(samples[0], samples, cfg, seed=seed)
+        assert len(got.pairs) == 2
+        for p in got.pairs:
+            assert p.kind == ("hard" if p.rejected["hard_negative"] else "easy")
+            drawn.add(p.rejected["sample_id"])
+    assert drawn == set(range(1, 9))  # easy ones too, not only the two hard negatives
+    again = [p.rejected["sample_id"] for p in select_pairs(samples[0], samples, cfg, seed=3).pairs]
+    assert again == [p.rejected["sample_id"] for p in select_pairs(samples[0], samples, cfg, seed=3).pairs]
+    hard_only = {p.rejected["sample_id"] for p in select_pairs(samples[0], samples, PairsConfig()).pairs}
+    assert hard_only == {1, 2}
+
+
+def _stage_cfg(tmp_path, **pairs):
+    cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "pairs": {"pairs_per_problem": 2, **pairs}})
+    rd = RunDir(cfg.run_dir)
+    out = rd.reset("samples")
+    rows = [{**r, "problem_id": pid} for pid, group in [
+        ("a", [s(0, True), s(1, False, hard=True, absurd=0.0, numeric=0.0), s(2, False, absurd=1.0)]),  # w 2, 1
+        ("b", [s(0, False, absurd=0.5)]),                                                                # gold, w 1.5
+        ("c", [s(0, True), s(1, True)]),                                                                 # all correct
+    ] for r in group]
+    write_rows(rows, out + "/part-0.parquet")
+    rd.finish(StageResult(stage="sample", output="samples", path=out), "h", [], {})
+    return cfg
+
+
+def test_pairs_stage_writes_trl_format_and_table(tmp_path):
+    result = run_pairs(_stage_cfg(tmp_path))
+    rows = read_rows(result.path)
+    assert [(r["problem_id"], r["kind"]) for r in rows] == [("a", "hard"), ("a", "easy"), ("b", "gold")]
+    # raw weights 2, 1, 1.5 -> mean 1.5 -> 4/3, 2/3, 1
+    assert [r["weight"] for r in rows] == pytest.approx([4 / 3, 2 / 3, 1.0])
+    assert [r["weight_raw"] for r in rows] == pytest.approx([2.0, 1.0, 1.5])
+    r = rows[0]
+    assert {"pair_id", "problem_id", "prompt", "chosen", "rejected", "weight", "kind"} <= set(r)
+    assert r["prompt"] == "Question: q\nAnswer: " and r["chosen"] == "sol 0" and r["rejected"] == "sol 1"
+    assert r["chosen_correct"] is True and r["rejected_hard_negative"] is True and r["rejected_absurdity"] == 0.0
+    assert rows[2]["chosen"] == "gold steps\n#### 4" and rows[2]["chosen_sample_id"] == -1
+    assert len({r["pair_id"] for r in rows}) == 3
+    assert result.rows["problems"] == 3 and result.rows["pairs"] == 3
+    assert result.rows["no_pair: all_correct"] == 1 and result.rows["no_pair: all_wrong_no_gold"] == 0
+    assert (result.rows["pairs: hard"], result.rows["pairs: easy"], result.rows["pairs: gold"]) == (1, 1, 1)
+    assert result.metrics["weight_mean"] == pytest.approx(1.0)
+    assert result.metrics["weight_max"] == pytest.approx(4 / 3)
+    manifest = json.loads((Path(result.path) / "_manifest.json").read_text())
+    assert manifest["rows"]["pairs"] == 3 and manifest["metrics"]["weight_min"] == pytest.approx(2 / 3)
+
+
+def test_pairs_stage_uniform_weights_are_all_one(tmp_path):
+    result = run_pairs(_stage_cfg(tmp_path, weighting="uniform"))
+    assert [r["weight"] for r in read_rows(result.path)] == [1.0, 1.0, 1.0]
+
+
+def test_pairs_math_imports_no_ray_or_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, hsdpo.pairs; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,0 +1,180 @@
+"""The `sample` stage on CPU: a random micro Qwen2 (tiny_model_dir) on 20 real GSM8K problems, the
+HF sampler in Ray Data actors, the real MathVerifier in the same stream. Checks row counts, the
+schema, per-row seed reproducibility, a killed-and-restarted sampler actor, and the vLLM error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hsdpo.config import ConfigError, config_from_dict
+from hsdpo.data.stage import run_data
+from hsdpo.sampling.pipeline import SampleCountError, check_counts, row_seed
+from hsdpo.sampling.stage import run_sample
+from hsdpo.stage import read_rows
+from hsdpo.verifier.batch import VERDICT_COLUMNS
+
+N, PROBLEMS = 4, 20
+SAMPLE_COLUMNS = {"problem_id", "sample_id", "prompt", "completion", "finish_reason", "num_tokens", "question",
+                  "gold_answer", "gold_solution", "source", "gold_steps", "seed", "error"}
+
+
+def make_cfg(tmp_path, data_dir, model_dir, **sample):
+    return config_from_dict({
+        "run_dir": str(tmp_path / "run"),
+        "data": {"sources": [{"name": "gsm8k", "path": str(data_dir / "gsm8k" / "train.jsonl"), "limit": PROBLEMS}]},
+        "sample": {"model_from": str(model_dir), "n": N, "max_new_tokens": 24, "batch_size": 16,
+                   "torch_threads": 1, **sample},
+    })
+
+
+@pytest.fixture(scope="module")
+def sampled(tmp_path_factory, data_dir, tiny_model_dir, ray_local):
+    cfg = make_cfg(tmp_path_factory.mktemp("sample"), data_dir, tiny_model_dir)
+    run_data(cfg)
+    result = run_sample(cfg)
+    return cfg, result, read_rows(result.path)
+
+
+def test_sample_writes_n_rows_per_problem_with_verdicts(sampled):
+    cfg, result, rows = sampled
+    assert len(rows) == PROBLEMS * N == result.rows["samples"]
+    assert SAMPLE_COLUMNS | set(VERDICT_COLUMNS) <= set(rows[0])
+    by_problem: dict[str, list[int]] = {}
+    for r in rows:
+        by_problem.setdefault(r["problem_id"], []).append(r["sample_id"])
+    assert len(by_problem) == PROBLEMS and all(sorted(v) == list(range(N)) for v in by_problem.values())
+    for r in rows:
+        assert r["finish_reason"] in ("stop", "length") and r["error"] == ""
+        assert 1 <= r["num_tokens"] <= 24
+        assert r["prompt"] == "Question: " + r["question"].strip() + "\nAnswer: "
+        assert r["seed"] == row_seed(cfg.seed, r["problem_id"], r["sample_id"])
+        assert isinstance(r["correct"], bool) and 0.0 <= r["wrongness"] <= 1.0
+        assert r["finish_reason"] == "stop" or r["num_tokens"] == 24
+    assert result.metrics["tokens"] == sum(r["num_tokens"] for r in rows)
+    assert result.metrics["tokens_per_s"] > 0 and result.metrics["solutions_per_s"] > 0
+    # different seeds sample different text; the manifest carries the figures
+    assert len({r["completion"] for r in rows}) > PROBLEMS
+    manifest = json.loads((Path(result.path) / "_manifest.json").read_text())
+    assert manifest["rows"]["samples"] == 80 and "tokens_per_s" in manifest["metrics"]
+
+
+def test_sampler_is_reproducible_per_row_across_batches(sampled, tiny_model_dir):
+    """The same (prompt, seed) gives the same completion alone or inside another batch."""
+    from hsdpo.sampling.hf import HFSampler
+
+    _, _, rows = sampled
+    rows = sorted(rows, key=lambda r: (r["problem_id"], r["sample_id"]))[:6]
+    sampler = HFSampler(str(tiny_model_dir), temperature=1.0, max_new_tokens=24,
+                        stop_strings=["\nQuestion:", "\n### Instruction:"], torch_threads=1)
+    batch = {"prompt": np.array([r["prompt"] for r in rows], dtype=object), "seed": np.array([r["seed"] for r in rows])}
+    together = sampler(batch)["completion"]
+    alone = sampler({k: v[3:4] for k, v in batch.items()})["completion"]
+    assert list(together) == [r["completion"] for r in rows]
+    assert alone[0] == together[3]
+
+
+def test_killed_sampler_actor_still_writes_exactly_n_rows(tmp_path, data_dir, tiny_model_dir, ray_local):
+    marker = tmp_path / "crashed"
+    cfg = make_cfg(tmp_path, data_dir, tiny_model_dir, crash_once_marker=str(marker), verify=False,
+                   max_restarts=2, max_task_retries=2)
+    run_data(cfg)
+    result = run_sample(cfg)
+    assert marker.exists(), "the sampler actor never crashed"
+    rows = read_rows(result.path)
+    assert len(rows) == PROBLEMS * N
+    assert len({(r["problem_id"], r["sample_id"]) for r in rows}) == PROBLEMS * N
+
+
+def test_check_counts_raises_on_lost_or_duplicated_rows():
+    check_counts(["a", "a", "b", "b"], [0, 1, 1, 0], ["a", "b"], 2)
+    with pytest.raises(SampleCountError, match="1 missing"):
+        check_counts(["a", "a", "b"], [0, 1, 0], ["a", "b"], 2)
+    with pytest.raises(SampleCountError, match="1 duplicated"):
+        check_counts(["a", "a", "a", "b", "b"], [0, 1, 1, 0, 1], ["a", "b"], 2)
+
+
+def test_vllm_backend_without_vllm_is_a_one_line_error(tmp_path, data_dir, tiny_model_dir):
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        pytest.skip("vLLM is installed; tests/gpu/test_vllm.py runs the real backend")
+    cfg = make_cfg(tmp_path, data_dir, tiny_model_dir, backend="vllm")
+    with pytest.raises(ConfigError) as err:
+        run_sample(cfg)
+    msg = str(err.value)
+    assert "\n" not in msg and "pip install 'hsdpo[vllm]'" in msg
+
+
+def test_failed_generation_is_a_flagged_row_not_a_crash(tiny_model_dir):
+    from hsdpo.sampling.hf import HFSampler
+
+    sampler = HFSampler(str(tiny_model_dir), max_new_tokens=4, torch_threads=1)
+    real = sampler.generate
+
+    def flaky(prompts, seeds):
+        if any("BAD" in p for p in prompts):
+            raise RuntimeError("boom")
+        return real(prompts, seeds)
+
+    sampler.generate = flaky
+    out = sampler({"prompt": np.array(["Question: 1\nAnswer: ", "BAD", "Question: 2\nAnswer: "], dtype=object),
+                   "seed": np.array([1, 2, 3]), "problem_id": np.array(["a", "b", "c"], dtype=object)})
+    assert list(out["finish_reason"]) == ["length", "error", "length"]
+    assert out["error"][1] == "RuntimeError: boom" and out["completion"][1] == "" and out["num_tokens"][1] == 0
+    assert list(out["problem_id"]) == ["a", "b", "c"]
+
+
+def test_failed_verification_is_a_flagged_row_not_a_crash():
+    from hsdpo.sampling.pipeline import VerifyRows
+
+    verifier = VerifyRows({})
+    real = verifier.inner
+
+    def flaky(batch):
+        if any(c == "BAD" for c in batch["completion"]):
+            raise RuntimeError("verifier down")
+        return real(batch)
+
+    verifier.inner = flaky
+    batch = {"completion": np.array(["2+2 = 4\n#### 4", "BAD"], dtype=object),
+             "gold_answer": np.array(["4", "4"], dtype=object), "error": np.array(["", ""], dtype=object)}
+    out = verifier(batch)
+    assert list(out["correct"]) == [True, False]
+    assert out["flags"][1] == "verifier_error" and out["error"][1].startswith("verify: RuntimeError")
+    assert set(VERDICT_COLUMNS) <= set(out)
+
+
+def test_vllm_output_maps_to_the_samples_schema():
+    from hsdpo.sampling.vllm import ERROR_COLUMN, to_sample_columns
+
+    batch = {"problem_id": np.array(["a", "b", "c"], dtype=object), "prompt": np.array(["p"] * 3, dtype=object),
+             "generated_text": np.array(["x #### 1", "y", ""], dtype=object),
+             "num_generated_tokens": np.array([5, 8, 0]), "generated_tokens": np.array([[1], [2], [3]]),
+             ERROR_COLUMN: np.array(["", "", "CUDA error"], dtype=object)}
+    out = to_sample_columns(batch, max_tokens=8, columns=["problem_id", "prompt"])
+    assert set(out) == {"problem_id", "prompt", "completion", "finish_reason", "num_tokens", "error"}
+    assert list(out["finish_reason"]) == ["stop", "length", "error"]
+    assert list(out["num_tokens"]) == [5, 8, 0] and out["error"][2] == "CUDA error"
+
+
+def test_pairs_from_real_samples(sampled):
+    """`pairs` on the verified samples: a random model is never right, so every pair falls back to gold."""
+    from hsdpo.pairs_stage import run_pairs
+
+    cfg, _, samples = sampled
+    result = run_pairs(cfg)
+    pairs = read_rows(result.path)
+    assert result.rows["problems"] == PROBLEMS
+    assert len(pairs) == result.rows["pairs"] == sum(result.rows[f"pairs: {k}"] for k in ("hard", "easy", "gold"))
+    texts = {(r["problem_id"], r["completion"]) for r in samples}
+    for p in pairs:
+        assert (p["problem_id"], p["rejected"]) in texts and p["rejected_correct"] is False
+        assert p["prompt"].startswith("Question: ") and p["weight"] > 0
+    if pairs:
+        assert sum(p["weight"] for p in pairs) / len(pairs) == pytest.approx(1.0)
