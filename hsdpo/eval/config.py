@@ -1,14 +1,32 @@
-"""Evaluation config."""
+"""Evaluation config: which models, which problems, how they are decoded."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from hsdpo.configbase import StrictModel
 
 
 class EvalConfig(StrictModel):
     output: str = Field("eval", description="run-dir folder of the evaluation")
-    models: dict[str, str] = Field(default_factory=lambda: {"sft": "sft"}, description="name -> run-dir stage folder or model path")
+    models: dict[str, str] = Field(
+        default_factory=lambda: {"sft": "sft"},
+        description="name -> run-dir stage folder (its model/) or a model path / hub id; names key summary.json",
+    )
     split: str = Field("test", description="problems/ split evaluated")
-    limit: int | None = Field(None, description="evaluate at most this many problems")
+    limit: int | None = Field(None, ge=1, description="evaluate at most this many problems")
+    max_new_tokens: int = Field(256, ge=1, description="generation budget of one solution")
+    n: int = Field(0, ge=0, description="extra sampled solutions per problem for pass@k / majority vote (0 = greedy only)")
+    temperature: float = Field(1.0, ge=0.0, description="temperature of the n-sample pass")
+    pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8], description="k of pass@k reported (k <= n)")
+    near_miss_ref: str | None = Field(
+        "sft", description="model whose wrong answers define the near-miss subset (hard negatives); None = no subset"
+    )
+    plots: bool = Field(True, description="write report.md PNG plots (matplotlib, Agg)")
+
+    @field_validator("models")
+    @classmethod
+    def _some_models(cls, v: dict[str, str]) -> dict[str, str]:
+        if not v:
+            raise ValueError("at least one model to evaluate")
+        return v

@@ -1,0 +1,171 @@
+"""Evaluation arithmetic (pure Python, no ray, no torch): verdict rows in, summary dicts out.
+
+A *row* is one verified solution of one problem by one model: `problem_id`, `mode` ("greedy" or
+"sample"), `correct`, `pred_answer`, `hard_negative`, `wrongness`, `absurdity` and the six
+`err_<dim>` columns of the error profile. A *problem* is a `problems/` row (`problem_id`, `source`,
+`num_steps`).
+
+- accuracy = greedy-correct problems / problems evaluated (a problem with no greedy row counts
+  as wrong and as `missing`); the same by `source`, by `num_steps` and on the near-miss subset.
+- near-miss subset = problems where the reference model (the SFT model) gave at least one wrong
+  answer that the verifier called a hard negative.
+- pass@k = the unbiased estimator 1 - C(n-c, k) / C(n, k) over the sampled rows (Chen et al. 2021),
+  averaged over problems; majority vote = the most frequent `pred_answer` among the sampled rows
+  (ties go to the answer seen first) is correct.
+- error profile = over a model's wrong greedy answers: the mean of each dimension, the share of
+  answers where it is non-zero, the share of hard negatives, mean wrongness and absurdity.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from math import comb
+from typing import Any, Iterable
+
+ERR_DIMS = ("answer", "numeric", "arithmetic", "logic", "format", "implausibility")
+
+Row = dict[str, Any]
+
+
+def rate(correct: Iterable[bool]) -> dict[str, Any]:
+    flags = [bool(c) for c in correct]
+    n = len(flags)
+    return {"accuracy": sum(flags) / n if n else 0.0, "n": n, "correct": sum(flags)}
+
+
+def greedy_by_problem(rows: list[Row]) -> dict[str, Row]:
+    """The greedy row of each problem (the first one, if a table holds several)."""
+    out: dict[str, Row] = {}
+    for r in rows:
+        if r.get("mode", "greedy") == "greedy":
+            out.setdefault(r["problem_id"], r)
+    return out
+
+
+def accuracy(greedy: dict[str, Row], problem_ids: Iterable[str]) -> dict[str, Any]:
+    return rate(bool(greedy.get(pid, {}).get("correct")) for pid in problem_ids)
+
+
+def accuracy_by(greedy: dict[str, Row], problems: list[Row], key: str) -> dict[str, dict[str, Any]]:
+    """Accuracy per value of a problem column (`source`, `num_steps`); keys are strings, sorted."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for p in problems:
+        groups[str(p.get(key))].append(p["problem_id"])
+    order = sorted(groups, key=lambda k: (len(k), k))  # "2" before "10"
+    return {k: accuracy(greedy, groups[k]) for k in order}
+
+
+def near_miss_ids(rows: list[Row]) -> set[str]:
+    """Problems where some wrong answer of these rows is a hard negative."""
+    return {r["problem_id"] for r in rows if not r.get("correct") and r.get("hard_negative")}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Probability that at least one of k of the n samples (c of them correct) is correct."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples, got {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_correct(rows: list[Row]) -> bool:
+    """Whether the most frequent predicted answer (ties: first seen) is a correct one."""
+    answers = [r.get("pred_answer") for r in rows if r.get("pred_answer") is not None]
+    if not answers:
+        return False
+    counts = Counter(answers)
+    top = max(counts.values())
+    winner = next(a for a in answers if counts[a] == top)
+    return any(r.get("correct") for r in rows if r.get("pred_answer") == winner)
+
+
+def sampled_metrics(rows: list[Row], problem_ids: list[str], ks: list[int]) -> dict[str, Any]:
+    """pass@k and majority-vote accuracy over the `mode == "sample"` rows; {} when there are none."""
+    by_pid: dict[str, list[Row]] = defaultdict(list)
+    for r in rows:
+        if r.get("mode") == "sample":
+            by_pid[r["problem_id"]].append(r)
+    if not by_pid:
+        return {}
+    n = min(len(by_pid.get(pid, [])) for pid in problem_ids)
+    out: dict[str, Any] = {"samples_per_problem": n}
+    for k in ks:
+        if k <= n:
+            vals = [pass_at_k(len(by_pid[pid]), sum(bool(r.get("correct")) for r in by_pid[pid]), k) for pid in problem_ids]
+            out[f"pass@{k}"] = sum(vals) / len(vals)
+    out["majority"] = rate(majority_correct(by_pid.get(pid, [])) for pid in problem_ids)["accuracy"]
+    return out
+
+
+def error_profile(rows: list[Row]) -> dict[str, Any]:
+    """Distribution of the error profile over the wrong rows given."""
+    wrong = [r for r in rows if not r.get("correct")]
+    n = len(wrong)
+    out: dict[str, Any] = {"n_wrong": n}
+    if not n:
+        return out
+
+    def mean(vals: Iterable[float]) -> float:
+        return sum(vals) / n
+
+    out["mean"] = {d: mean(float(r.get(f"err_{d}") or 0.0) for r in wrong) for d in ERR_DIMS}
+    out["present"] = {d: mean(float((r.get(f"err_{d}") or 0.0) > 0) for r in wrong) for d in ERR_DIMS}
+    out["hard_negative"] = mean(float(bool(r.get("hard_negative"))) for r in wrong)
+    out["wrongness"] = mean(float(r.get("wrongness") or 0.0) for r in wrong)
+    out["absurdity"] = mean(float(r.get("absurdity") or 0.0) for r in wrong)
+    return out
+
+
+def summarize_model(rows: list[Row], problems: list[Row], near_miss: set[str] | None, ks: list[int]) -> dict[str, Any]:
+    greedy = greedy_by_problem(rows)
+    pids = [p["problem_id"] for p in problems]
+    out = accuracy(greedy, pids)
+    out["missing"] = sum(pid not in greedy for pid in pids)
+    out["by_source"] = accuracy_by(greedy, problems, "source")
+    out["by_steps"] = accuracy_by(greedy, problems, "num_steps")
+    if near_miss is not None:
+        out["near_miss"] = accuracy(greedy, [pid for pid in pids if pid in near_miss])
+    out["error_profile"] = error_profile([greedy[pid] for pid in pids if pid in greedy])
+    out.update(sampled_metrics(rows, pids, ks))
+    return out
+
+
+def summarize(rows_by_model: dict[str, list[Row]], problems: list[Row], near_miss_ref: str | None = None,
+              ks: list[int] = (1,)) -> dict[str, Any]:
+    """The `summary.json` body: per-model metrics, and how the near-miss subset was drawn."""
+    near_miss = None
+    if near_miss_ref is not None and near_miss_ref in rows_by_model:
+        near_miss = near_miss_ids(rows_by_model[near_miss_ref]) & {p["problem_id"] for p in problems}
+    models = {name: summarize_model(rows, problems, near_miss, list(ks)) for name, rows in rows_by_model.items()}
+    return {
+        "models": models,
+        "model_order": list(models),  # summary.json is written with sorted keys
+        "num_problems": len(problems),
+        "near_miss": {"ref": near_miss_ref if near_miss is not None else None, "n": len(near_miss or ())},
+    }
+
+
+def comparison_rows(summary: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(model, accuracy, near-miss accuracy, hard-negative share of wrong, n) for tables."""
+    out = []
+    for name in summary.get("model_order", summary["models"]):
+        m = summary["models"][name]
+        nm = m.get("near_miss")
+        ep = m.get("error_profile", {})
+        out.append((
+            name,
+            f"{100 * m['accuracy']:.1f}%",
+            f"{100 * nm['accuracy']:.1f}% (n={nm['n']})" if nm else "-",
+            f"{100 * ep['hard_negative']:.0f}%" if "hard_negative" in ep else "-",
+            str(m["n"]),
+        ))
+    return out
+
+
+def format_comparison(summary: dict[str, Any]) -> str:
+    """A markdown table of the models, in config order."""
+    head = ("model", "accuracy", "near-miss accuracy", "wrong = hard neg.", "problems")
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in comparison_rows(summary)]
+    return "\n".join(lines)

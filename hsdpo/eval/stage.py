@@ -1,0 +1,184 @@
+"""The `eval` stage: decode held-out problems with each model, verify, summarise, report.
+
+    hsdpo eval jobs/tiny.yaml                                   # local Ray
+    hsdpo eval jobs/tiny.yaml 'eval.models={sft: sft, mine: /ckpt/dir}' eval.n=8
+    ray job submit --working-dir . -- hsdpo eval jobs/qwen2.5-1.5b-metamath.yaml
+
+Each model of `eval.models` (name -> run-dir stage folder such as `sft` / `weighted_dpo`, or a model
+path / hub id) decodes every problem of `eval.split` greedily, plus `eval.n` samples at
+`eval.temperature` when n > 0, through the same sampling pipeline (Ray Data, HF or vLLM backend)
+and MathVerifier as the `sample` stage, so eval and training-time verdicts cannot drift apart.
+
+Output `<run_dir>/<eval.output>/`:
+- `samples/<name>/{greedy,sampled}/*.parquet`: every solution with its verdict columns;
+- `summary.json`: `{"models": {name: {"accuracy", "n", "by_source", "by_steps", "near_miss",
+  "error_profile", ["pass@k", "majority"], "path", ...}}, "num_problems", "near_miss", "split"}`;
+- `report.md` + PNG plots (hsdpo.eval.report).
+The arithmetic lives in hsdpo.eval.metrics (pure Python); this module only moves rows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any
+
+from hsdpo.config import PipelineConfig
+from hsdpo.eval.metrics import format_comparison, summarize
+from hsdpo.eval.report import ReportInputs, write_report
+from hsdpo.rundir import RunDir, StageResult, _fs, join, write_json_atomic
+from hsdpo.stage import log, read_rows
+
+MAX_NEGATIVES_PLOTTED = 5000
+
+
+def stage_refs(cfg: PipelineConfig) -> list[str]:
+    """The model refs that are run-dir stage folders (inputs of the stage): a ref with a manifest in
+    the run dir, or a bare name (no '/') that is not a local path."""
+    rd = RunDir(cfg.run_dir)
+    out = []
+    for ref in cfg.eval.models.values():
+        is_stage = rd.manifest(ref) is not None or ("/" not in ref and not os.path.exists(ref))
+        if is_stage and ref not in out:
+            out.append(ref)
+    return out
+
+
+def _decode(cfg: PipelineConfig, problems: list[dict], model_path: str, out_dir: str, *, n: int,
+            temperature: float, seed: int) -> tuple[list[dict], dict[str, Any]]:
+    """Sample + verify through the shared pipeline; returns the verdict rows and its stats."""
+    from hsdpo.sampling.pipeline import sample_and_verify
+
+    sample_cfg = cfg.sample.model_copy(update={"max_new_tokens": cfg.eval.max_new_tokens})
+    stats = sample_and_verify(problems, model_path, out_dir, sample_cfg, cfg.verifier, cfg.model.prompt_template,
+                              n=n, temperature=temperature, seed=seed)
+    return read_rows(out_dir), dict(stats or {})
+
+
+def _tag(rows: list[dict], mode: str) -> list[dict]:
+    for r in rows:
+        r["mode"] = mode
+    return rows
+
+
+def evaluate_models(cfg: PipelineConfig, problems: list[dict], out: str) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    rows_by_model: dict[str, list[dict]] = {}
+    info: dict[str, dict] = {}
+    for i, (name, ref) in enumerate(cfg.eval.models.items()):
+        path = _model_path(cfg, ref)
+        t0 = time.perf_counter()
+        log(f"eval: {name} ({path}) greedy on {len(problems)} problems")
+        rows, stats = _decode(cfg, problems, path, join(out, "samples", name, "greedy"), n=1, temperature=0.0, seed=cfg.seed)
+        rows = _tag(rows, "greedy")
+        if cfg.eval.n > 0:
+            log(f"eval: {name} sampling n={cfg.eval.n} at T={cfg.eval.temperature}")
+            more, _ = _decode(cfg, problems, path, join(out, "samples", name, "sampled"), n=cfg.eval.n,
+                              temperature=cfg.eval.temperature, seed=cfg.seed + 1000 + i)
+            rows += _tag(more, "sample")
+        rows_by_model[name] = rows
+        info[name] = {"ref": ref, "path": path, "wall_s": round(time.perf_counter() - t0, 2),
+                      **{k: v for k, v in stats.items() if isinstance(v, (int, float, str))}}
+    return rows_by_model, info
+
+
+def _model_path(cfg: PipelineConfig, ref: str) -> str:
+    from hsdpo.model import resolve_model_path
+
+    return resolve_model_path(cfg.run_dir, ref)
+
+
+# ---- report inputs: what the other stages left in the run dir ---------------------------------
+
+def _negatives(cfg: PipelineConfig) -> list[dict]:
+    rd = RunDir(cfg.run_dir)
+    if rd.manifest(cfg.sample.output) is None:
+        return []
+    rows = [r for r in read_rows(rd.path(cfg.sample.output)) if not r.get("correct") and r.get("wrongness") is not None]
+    return rows[:MAX_NEGATIVES_PLOTTED]
+
+
+def _pair_weights(cfg: PipelineConfig) -> list[tuple[float, str]]:
+    rd = RunDir(cfg.run_dir)
+    if rd.manifest(cfg.pairs.output) is None:
+        return []
+    return [(float(r["weight"]), str(r.get("kind", "pair"))) for r in read_rows(rd.path(cfg.pairs.output))
+            if r.get("weight") is not None]
+
+
+def margin_series(lines: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    """(step, margin) from training metrics lines: the first key naming a reward margin."""
+    out = []
+    for i, m in enumerate(lines):
+        key = next((k for k in m if "margin" in k and isinstance(m[k], (int, float))), None)
+        if key is not None:
+            out.append((int(m.get("step", i)), float(m[key])))
+    return out
+
+
+def _margins(cfg: PipelineConfig) -> dict[str, list[tuple[int, float]]]:
+    rd = RunDir(cfg.run_dir)
+    out = {}
+    for name, ref in cfg.eval.models.items():
+        m = rd.manifest(ref)
+        if not m or m.get("stage") != "dpo":
+            continue
+        fs, p = _fs(rd.path(ref, "metrics.jsonl"))
+        if not fs.exists(p):
+            continue
+        with fs.open(p, "r") as f:
+            lines = [json.loads(line) for line in f if line.strip()]
+        series = margin_series(lines)
+        if series:
+            out[name] = series
+    return out
+
+
+def report_inputs(cfg: PipelineConfig) -> ReportInputs:
+    return ReportInputs(negatives=_negatives(cfg), pair_weights=_pair_weights(cfg), margins=_margins(cfg))
+
+
+def write_outputs(out: str, summary: dict[str, Any], inputs: ReportInputs, title: str, plots: bool) -> list[str]:
+    """summary.json and report.md (+ PNGs); the report is drawn locally and copied to a URI run dir."""
+    if "://" not in out:
+        files = write_report(out, summary, inputs, title=title, plots=plots)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            files = write_report(tmp, summary, inputs, title=title, plots=plots)
+            fs, p = _fs(out)
+            for name in files:
+                fs.put(os.path.join(tmp, name), f"{p}/{name}")
+    summary["report"] = {"markdown": "report.md", "files": files}
+    write_json_atomic(join(out, "summary.json"), summary)
+    return files
+
+
+def _build(cfg: PipelineConfig, out: str) -> StageResult:
+    from hsdpo.data.stage import load_problems
+    from hsdpo.rayutil import init_ray
+
+    problems = load_problems(cfg, split=cfg.eval.split, limit=cfg.eval.limit)
+    if not problems:
+        raise ValueError(f"eval: no problems in split {cfg.eval.split!r} of {cfg.data.output}/")
+    init_ray(cfg.ray)
+    rows_by_model, info = evaluate_models(cfg, problems, out)
+    summary = summarize(rows_by_model, problems, cfg.eval.near_miss_ref, cfg.eval.pass_k)
+    summary["split"] = cfg.eval.split
+    for name, extra in info.items():
+        summary["models"][name].update(extra)
+    files = write_outputs(out, summary, report_inputs(cfg), title=f"{cfg.name}: evaluation", plots=cfg.eval.plots)
+    print(format_comparison(summary), flush=True)
+    return StageResult(
+        stage="eval", output=cfg.eval.output, path=out,
+        rows={"problems": len(problems), **{f"solutions: {k}": len(v) for k, v in rows_by_model.items()}},
+        metrics={f"accuracy: {k}": v["accuracy"] for k, v in summary["models"].items()} | {"report files": len(files)},
+    )
+
+
+def run_eval(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    from hsdpo.stage import run_stage
+
+    inputs = stage_refs(cfg) + [cfg.data.output]
+    return run_stage(cfg, stage="eval", output=cfg.eval.output, inputs=inputs,
+                     sections=("eval", "sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force)
