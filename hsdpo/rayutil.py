@@ -18,13 +18,13 @@ def init_ray(cfg: RayConfig) -> None:
     if cfg.runtime_env:
         kwargs["runtime_env"] = cfg.runtime_env
     if address:
-        ray.init(address=address, **kwargs)
-        return
-    kwargs["include_dashboard"] = False
-    if cfg.num_cpus is not None:
-        kwargs["num_cpus"] = cfg.num_cpus
-    if cfg.object_store_memory_gb is not None:
-        kwargs["object_store_memory"] = int(cfg.object_store_memory_gb * 2**30)
+        kwargs["address"] = address
+    else:
+        kwargs["include_dashboard"] = False
+        if cfg.num_cpus is not None:
+            kwargs["num_cpus"] = cfg.num_cpus
+        if cfg.object_store_memory_gb is not None:
+            kwargs["object_store_memory"] = int(cfg.object_store_memory_gb * 2**30)
     ray.init(**kwargs)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = bool(os.environ.get("HSDPO_PROGRESS", "1") != "0")
+    # progress bars on both paths (local and cluster); HSDPO_PROGRESS=0 turns them off
+    ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("HSDPO_PROGRESS", "1") != "0"
