@@ -142,7 +142,7 @@ class HFSampler:
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         prompt_len = enc["input_ids"].shape[1]
         seeds_t = torch.tensor(seeds, dtype=torch.int64, device=self.device)
-        gen_cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+        gen_cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
                                    eos_token_id=self.eos_id, pad_token_id=self.pad_id,
                                    stop_strings=self.stop_strings or None)
         sampling = SeededSampling(seeds_t, prompt_len, self.temperature, self.top_p)

@@ -196,6 +196,10 @@ def export_hf(engine, out_dir: str, base_model_path: str, tokenizer: Any, lora: 
             raise RuntimeError(f"export: missing {missing[:3]}, unexpected {unexpected[:3]}")
         if lora:
             model = model.merge_and_unload()
+        # training turns the KV cache off (build_policy); the exported model is for inference
+        model.config.use_cache = True
+        if model.generation_config is not None:
+            model.generation_config.use_cache = True
         dtype = torch.bfloat16 if any(v.dtype == torch.bfloat16 for v in state.values()) else torch.float32
         model.to(dtype).save_pretrained(out_dir)
         tokenizer.save_pretrained(out_dir)

@@ -159,6 +159,8 @@ def test_dpo_first_step_is_ln2_and_loss_falls_and_export_generates(run_a):
     assert result.rows["pairs"] == 8 and hist[-1]["accuracy"] > 0.5
     folder = Path(cfg.run_dir) / "dpo_a" / "model"
     model, tok = AutoModelForCausalLM.from_pretrained(folder), AutoTokenizer.from_pretrained(folder)
+    # training runs without the KV cache; the export must not carry that into inference
+    assert model.config.use_cache and model.generation_config.use_cache
     ids = tok("Question: 1 + 2?\nAnswer: ", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] > ids["input_ids"].shape[1]
