@@ -18,6 +18,17 @@ Weight of a pair, from the rejected sample's verdict (ours; the paper gives no f
 a near-miss that is not absurd weighs up to 1 + λ, an absurd or far-off one 1. Then all weights
 are divided by their mean, so the set averages 1 and the learning rate keeps its meaning.
 `weighting="uniform"` gives every pair 1.
+
+Rejected span (`rejected_span`). A hard negative is usually right up to one slip, and every token
+after the slip is consistent with it: `27-5 = <<27-5=23>>23` then `23*2 = <<23*2=46>>46`. With the
+whole rejected text in the loss, DPO lowers the probability of `23*2=46` — correct arithmetic on
+the wrong number — and of copying `23` on, so a small model unlearns arithmetic and copying.
+`rejected_span="first_error"` cuts the rejected completion after its first error, located by the
+verifier (`first_error_step`): at the end of that step, or, when the chosen solution shares the
+text up to a point inside that step past an `=` (both compute the same thing and part in the
+result), right after the word (number) where the two first differ (`... <<27-5=23`). The tokens before the cut that both share cancel in the DPO margin, so the
+preference lands on the slip itself. A cut completion gets no eos (`rejected_cut` is True). A
+negative without a located step error (a wrong final answer only) keeps its whole text.
 """
 
 from __future__ import annotations
@@ -43,6 +54,8 @@ class PairsConfig(StrictModel):
     lam: float = Field(1.0, ge=0, description="λ in w = clip(1 + λ(1-absurdity)(1-numeric), w_min, w_max)")
     w_min: float = Field(0.1, gt=0, description="lower clip of a raw pair weight")
     w_max: float = Field(3.0, gt=0, description="upper clip of a raw pair weight")
+    rejected_span: Literal["full", "first_error"] = Field(
+        "full", description="the whole rejected completion, or only up to its first error (verifier-located)")
 
     @model_validator(mode="after")
     def _clip_range(self) -> "PairsConfig":
@@ -57,6 +70,11 @@ class Pair:
     rejected: Row
     kind: str  # "hard" | "easy" | "gold"
     weight: float = 1.0
+    rejected_text: str | None = None  # the rejected completion as trained on (None = in full)
+
+    @property
+    def rejected_cut(self) -> bool:
+        return self.rejected_text is not None
 
 
 @dataclass
@@ -116,6 +134,30 @@ def pick_negatives(wrong: list[Row], cfg: PairsConfig, rng: random.Random) -> li
     return out
 
 
+def first_error_cut(rejected: str, chosen: str, first_error_step: int) -> str | None:
+    """The rejected completion up to its first error (see the module docstring), or None to keep
+    it whole (no located step error, or the cut would keep everything)."""
+    from hsdpo.verifier.steps import split_steps
+
+    steps = split_steps(rejected)
+    if not 0 <= first_error_step < len(steps):
+        return None
+    step = steps[first_error_step]
+    end = step.start + len(step.text)
+    shared = 0
+    for a, b in zip(rejected, chosen):
+        if a != b:
+            break
+        shared += 1
+    if step.start <= shared < end and "=" in rejected[step.start:shared]:
+        # they agree on what the step computes and part in its result: cut after the word they part at
+        end = shared + 1
+        while end < len(rejected) and rejected[end - 1].isalnum() and rejected[end].isalnum():
+            end += 1
+    cut = rejected[:end].rstrip()
+    return cut if cut and cut != rejected.rstrip() else None
+
+
 def select_pairs(problem: Row, samples: list[Row], cfg: PairsConfig, seed: int = 0) -> ProblemPairs:
     """The pairs of one problem (weights raw, not yet normalised), or the reason there are none."""
     samples = [r for r in samples if usable(r)]
@@ -133,7 +175,10 @@ def select_pairs(problem: Row, samples: list[Row], cfg: PairsConfig, seed: int =
     pairs = []
     for r in pick_negatives(wrong, cfg, rng):
         kind = "gold" if chosen["sample_id"] == -1 else ("hard" if r["hard_negative"] else "easy")
-        pairs.append(Pair(chosen=chosen, rejected=r, kind=kind, weight=raw_weight(r, cfg)))
+        text = None
+        if cfg.rejected_span == "first_error":
+            text = first_error_cut(str(r["completion"]), str(chosen["completion"]), int(r.get("first_error_step", -1)))
+        pairs.append(Pair(chosen=chosen, rejected=r, kind=kind, weight=raw_weight(r, cfg), rejected_text=text))
     return ProblemPairs(pairs=pairs)
 
 

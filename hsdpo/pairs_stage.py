@@ -6,7 +6,9 @@
 
 Input: `samples/` (one row a verified sample). Output `<run_dir>/pairs/pairs.parquet`: `pair_id,
 problem_id, prompt, chosen, rejected, weight, kind` (prompt = the formatted prompt text, chosen /
-rejected = completion texts, so the file loads straight into TRL's DPOTrainer), `weight_raw`,
+rejected = completion texts, so the file loads straight into TRL's DPOTrainer; with
+`pairs.rejected_span=first_error` `rejected` is cut after its first error, `rejected_cut` says so
+and `rejected_full` keeps the whole sample), `weight_raw`,
 `chosen_sample_id` / `rejected_sample_id` (-1 = the gold solution) and both verdicts prefixed
 `chosen_` / `rejected_`. The selection and weight math is hsdpo.pairs (pure Python); this module
 reads, groups and writes. Samples are grouped in the driver: one row a sample is a few KB, so
@@ -35,7 +37,9 @@ def group_by_problem(samples: list[dict[str, Any]]) -> dict[str, list[dict[str, 
 
 def pair_row(pair_id: str, p: Pair, verdict_columns: list[str]) -> dict[str, Any]:
     row = {"pair_id": pair_id, "problem_id": p.rejected["problem_id"], "prompt": p.rejected["prompt"],
-           "chosen": p.chosen["completion"], "rejected": p.rejected["completion"], "weight": p.weight,
+           "chosen": p.chosen["completion"],
+           "rejected": p.rejected_text if p.rejected_cut else p.rejected["completion"],
+           "rejected_cut": p.rejected_cut, "rejected_full": p.rejected["completion"], "weight": p.weight,
            "kind": p.kind, "chosen_sample_id": p.chosen["sample_id"], "rejected_sample_id": p.rejected["sample_id"]}
     for c in verdict_columns:
         row[f"chosen_{c}"] = p.chosen.get(c)
@@ -69,6 +73,7 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
         write_rows(rows_out, join(out, "pairs.parquet"))
     kinds = Counter(p.kind for p in pairs)
     rows = {"problems": len(groups), "problems_with_pairs": len(counts), "pairs": len(pairs),
+            "pairs: rejected cut at first error": sum(p.rejected_cut for p in pairs),
             **{f"no_pair: {r}": no_pair[r] for r in NO_PAIR_REASONS},
             **{f"pairs: {k}": kinds[k] for k in KINDS}}
     return StageResult(stage="pairs", output=cfg.pairs.output, path=out, rows=rows, metrics=weight_stats(pairs))

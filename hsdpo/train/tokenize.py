@@ -1,6 +1,7 @@
 """Tokenisation, masking and sequence log-probs shared by SFT, reference log-probs and DPO.
 
-An example is `prompt + completion + eos`, prompt and completion tokenised separately and
+An example is `prompt + completion + eos` (no eos for a rejected completion cut at its first
+error: it is a prefix, see hsdpo.pairs), prompt and completion tokenised separately and
 concatenated (no merge across the boundary; TRL does the same). Loss and log-probs cover the
 completion tokens (and eos) only. An example longer than `max_length` is truncated: the prompt keeps
 at most its last `max_length // 2` tokens, the completion is cut on the right; `truncated` counts it.
@@ -26,9 +27,10 @@ class Encoded:
     truncated: bool
 
 
-def encode(tokenizer: Any, prompt: str, completion: str, max_length: int) -> Encoded:
+def encode(tokenizer: Any, prompt: str, completion: str, max_length: int, eos: bool = True) -> Encoded:
+    """`eos=False` for a completion that is a prefix (a rejected sample cut at its first error)."""
     p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if eos else [])
     truncated = len(p) + len(c) > max_length
     if truncated:
         p = p[-min(len(p), max_length // 2):] if len(p) > max_length // 2 else p
@@ -110,8 +112,15 @@ class LogpModel(torch.nn.Module):
 
 
 def pair_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[tuple[Encoded, Encoded]]:
+    """(chosen, rejected) encodings; a rejected marked `rejected_cut` (a prefix) gets no eos."""
     return [(encode(tokenizer, r["prompt"], r["chosen"], max_length),
-             encode(tokenizer, r["prompt"], r["rejected"], max_length)) for r in rows]
+             encode(tokenizer, r["prompt"], r["rejected"], max_length, eos=not _true(r.get("rejected_cut"))))
+            for r in rows]
+
+
+def _true(value: Any) -> bool:
+    """A flag read back from Parquet / pandas (None or NaN = False)."""
+    return bool(value) and value == value
 
 
 def pair_batch(pairs: list[tuple[Encoded, Encoded]], pad_id: int) -> Batch:

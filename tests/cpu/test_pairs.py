@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from hsdpo.config import config_from_dict
-from hsdpo.pairs import PairsConfig, normalise, raw_weight, select_pairs
+from hsdpo.pairs import PairsConfig, first_error_cut, normalise, raw_weight, select_pairs
 from hsdpo.pairs_stage import run_pairs
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import read_rows, write_rows
@@ -105,6 +105,49 @@ def test_random_negatives_draw_from_all_wrong_samples():
     assert hard_only == {1, 2}
 
 
+CHOSEN = "27-5 = <<27-5=22>>22\n22*2 = <<22*2=44>>44\n#### 44"
+# (case, rejected, first_error_step, expected cut; None = kept whole)
+CUTS = [
+    ("slip in the result: cut after the wrong number", "27-5 = <<27-5=23>>23\n23*2 = <<23*2=46>>46\n#### 46", 0,
+     "27-5 = <<27-5=23"),
+    ("slip in a later step", "27-5 = <<27-5=22>>22\n22*2 = <<22*2=45>>45\n#### 45", 1,
+     "27-5 = <<27-5=22>>22\n22*2 = <<22*2=45"),
+    ("longer wrong number kept whole", "27-5 = <<27-5=227>>227\n#### 227", 0, "27-5 = <<27-5=227"),
+    ("another computation: the whole wrong step", "5-27 = <<5-27=3>>3\n#### 3", 0, "5-27 = <<5-27=3>>3"),
+    ("prose step parting before the =", "He pays 3*5 = $15.\n#### 15", 0, "He pays 3*5 = $15."),
+    ("no located step error", "27-5 = <<27-5=22>>22\n22*2 = <<22*2=44>>44\n#### 45", -1, None),
+    ("step index out of range", "27-5 = <<27-5=23>>23", 4, None),
+    ("error in the last step: nothing to cut", "27-5 = <<27-5=22>>22\n#### 21", 1, None),
+]
+
+
+@pytest.mark.parametrize("case,rejected,step,expected", CUTS, ids=[c[0] for c in CUTS])
+def test_first_error_cut(case, rejected, step, expected):
+    assert first_error_cut(rejected, CHOSEN, step) == expected
+
+
+def test_rejected_span_first_error_cuts_only_located_errors():
+    samples = [s(0, True, CHOSEN), {**s(1, False, "27-5 = <<27-5=23>>23\n#### 23", hard=True), "first_error_step": 0},
+               s(2, False, "27-5 = <<27-5=22>>22\n#### 21", wrong=0.9)]
+    full = select_pairs(samples[0], samples, PairsConfig())
+    assert [p.rejected_cut for p in full.pairs] == [False, False]
+    got = select_pairs(samples[0], samples, PairsConfig(rejected_span="first_error"))
+    assert [(p.rejected["sample_id"], p.rejected_text) for p in got.pairs] == [(1, "27-5 = <<27-5=23"), (2, None)]
+
+
+def test_a_cut_rejected_is_encoded_without_eos(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from hsdpo.train.tokenize import pair_examples
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    row = {"prompt": "Question: q\nAnswer: ", "chosen": CHOSEN, "rejected": "27-5 = <<27-5=23"}
+    for flag, eos in ((True, False), (False, True), (None, True), (float("nan"), True)):
+        (chosen, rejected), = pair_examples(tok, [{**row, "rejected_cut": flag}], 128)
+        assert chosen.input_ids[-1] == tok.eos_token_id
+        assert (rejected.input_ids[-1] == tok.eos_token_id) is eos, flag
+
+
 def _stage_cfg(tmp_path, **pairs):
     cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "pairs": {"pairs_per_problem": 2, **pairs}})
     rd = RunDir(cfg.run_dir)
@@ -139,6 +182,24 @@ def test_pairs_stage_writes_trl_format_and_table(tmp_path):
     assert result.metrics["weight_max"] == pytest.approx(4 / 3)
     manifest = json.loads((Path(result.path) / "_manifest.json").read_text())
     assert manifest["rows"]["pairs"] == 3 and manifest["metrics"]["weight_min"] == pytest.approx(2 / 3)
+
+
+def test_pairs_stage_first_error_span(tmp_path):
+    cfg = _stage_cfg(tmp_path, rejected_span="first_error")
+    rows = read_rows(cfg.run_dir + "/samples")
+    for r in rows:  # sample 1 of problem a: a slip in step 0
+        if (r["problem_id"], r["sample_id"]) == ("a", 1):
+            r.update(completion="27-5 = <<27-5=23>>23\n#### 23", first_error_step=0)
+        elif (r["problem_id"], r["sample_id"]) == ("a", 0):
+            r["completion"] = CHOSEN
+    write_rows(rows, cfg.run_dir + "/samples/part-0.parquet")
+    result = run_pairs(cfg, force=True)
+    got = {(r["problem_id"], r["kind"]): r for r in read_rows(result.path)}
+    hard = got[("a", "hard")]
+    assert hard["rejected"] == "27-5 = <<27-5=23" and hard["rejected_cut"] is True
+    assert hard["rejected_full"] == "27-5 = <<27-5=23>>23\n#### 23"
+    assert got[("a", "easy")]["rejected_cut"] is False and got[("a", "easy")]["rejected"] == "sol 2"
+    assert result.rows["pairs: rejected cut at first error"] == 1
 
 
 def test_pairs_stage_uniform_weights_are_all_one(tmp_path):
