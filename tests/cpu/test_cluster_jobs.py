@@ -159,9 +159,39 @@ def test_a_stage_runs_unchanged_as_a_ray_job(ray_head, tmp_path):
     assert "rows: problems" in proc.stdout  # the stage's closing table reaches the submitter
 
 
+SMOKE_MODELS = ("sft", "rft", "dpo", "weighted_dpo")
+MODEL_KEYS = {"accuracy", "n", "correct", "missing", "by_source", "by_steps", "near_miss", "error_profile", "path"}
+
+
 @pytest.mark.slow
 def test_the_smoke_pipeline_runs_as_one_ray_job(ray_head, tmp_path):
+    """End to end as a user runs it on a cluster: every stage of the demo recipe at toy size in one
+    `ray job submit`. Checks summary.json's schema, the per-model samples, the report's files, and
+    that a second submission reuses every finished stage."""
     run_dir = tmp_path / "run"
     submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={run_dir}"], timeout=900)
-    summary = json.loads((run_dir / "eval" / "summary.json").read_text())
-    assert summary["num_problems"] > 0 and summary["models"]
+    out = run_dir / "eval"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model_order"] == list(SMOKE_MODELS)
+    assert summary["num_problems"] > 0 and summary["split"] == "test"
+    assert set(summary["near_miss"]) == {"ref", "n"}
+    for name in SMOKE_MODELS:
+        m = summary["models"][name]
+        assert MODEL_KEYS <= set(m), f"{name}: missing {MODEL_KEYS - set(m)}"
+        assert m["n"] == summary["num_problems"] and m["missing"] == 0
+        assert 0.0 <= m["accuracy"] <= 1.0
+        assert sum(v["n"] for v in m["by_steps"].values()) == m["n"]
+        assert "n_wrong" in m["error_profile"]
+        assert list((out / "samples" / name / "greedy").glob("*.parquet")), f"no samples for {name}"
+    files = summary["report"]["files"]
+    assert {"report.md", "accuracy.png", "negatives.png", "pair_weights.png", "dpo_margins.png"} <= set(files)
+    for f in files:
+        assert (out / f).stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert all(f"| {name} |" in report for name in SMOKE_MODELS)
+
+    manifests = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
+    assert {"problems", "sft", "samples", "pairs", "ref_logps", "dpo", "weighted_dpo", "rft", "eval"} <= set(manifests)
+    proc = submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={run_dir}"], timeout=300)
+    again = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
+    assert again == manifests, (proc.stdout + proc.stderr)[-3000:]  # the second run reuses every stage

@@ -1,5 +1,5 @@
 """`hsdpo demo` plumbing without running the pipeline: recipe lookup, the memory sampler, and the
-demo summary (the full pipeline runs in test_smoke_pipeline.py)."""
+demo summary (the full pipeline runs as a Ray job in test_cluster_jobs.py)."""
 
 from __future__ import annotations
 
