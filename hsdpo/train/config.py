@@ -43,7 +43,7 @@ class TrainConfig(StrictModel):
     adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
     zero_stage: Literal[2, 3] = Field(2, description="DeepSpeed ZeRO stage")
-    offload: bool = Field(False, description="ZeRO CPU offload of optimizer states (and params at stage 3)")
+    offload: bool = Field(False, description="ZeRO CPU offload of optimizer states (and params at stage 3); DeepSpeed's CPU Adam, compiled on first use")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
     attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")

@@ -7,7 +7,8 @@ world of one from MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE (defaults: localhost, 
 
 Optimiser: a client `torch.optim.AdamW` (fused on CUDA) and a warmup + cosine `LambdaLR`, handed
 to `deepspeed.initialize`, so no DeepSpeed op is compiled at start; with `offload=True` DeepSpeed's
-own CPU Adam is used instead (ZeRO-Offload needs it).
+own CPU Adam is used instead (ZeRO-Offload needs it; also on a CPU-only machine). DeepSpeed compiles
+that op on first use (a C++ compiler and ninja; a few minutes, then cached in ~/.cache/torch_extensions).
 
 Checkpoints: `engine.save_checkpoint` (every rank writes its shard). A checkpoint written by N ranks
 resumes on M != N ranks through DeepSpeed's universal checkpoint: rank 0 converts it
@@ -126,12 +127,18 @@ def initialize(module: torch.nn.Module, t: TrainConfig, micro_batch: int, accum:
 
 
 def checkpoint_world(path: str) -> int:
-    """Data-parallel ranks that wrote the latest DeepSpeed checkpoint under `path`."""
-    import glob
+    """Data-parallel ranks that wrote the latest DeepSpeed checkpoint under `path`: one optimizer-state
+    file a rank, `zero_pp_rank_<r>_mp_rank_00_optim_states.pt`, prefixed `bf16_` (or `fp16_`) under
+    those precisions; ZeRO-3's `zero_pp_rank_<r>_mp_rank_00_model_states.pt` files are not counted."""
+    import re
 
     with open(os.path.join(path, "latest")) as f:
         tag = f.read().strip()
-    return len(glob.glob(os.path.join(path, tag, "zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+    pattern = re.compile(r"(?:bf16_|fp16_)?zero_pp_rank_(\d+)_mp_rank_00_optim_states\.pt")
+    ranks = {int(m.group(1)) for name in os.listdir(os.path.join(path, tag)) if (m := pattern.fullmatch(name))}
+    if not ranks:
+        raise RuntimeError(f"no ZeRO optimizer states in {os.path.join(path, tag)}")
+    return len(ranks)
 
 
 def to_universal(path: str, out: str) -> None:

@@ -265,7 +265,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
             row = reduce_metrics(sums)  # syncs the device once
             dt = time.perf_counter() - t0
             row.update(step=done, lr=lr, grad_norm=float(engine.get_global_grad_norm() or 0.0),
-                       tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated)
+                       tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
             row["mfu"] = (n_flop * tokens / dt / (peak * world)) if peak else None
             log.add(row)
             state = {"step": done, "world": world, "history": log.history}

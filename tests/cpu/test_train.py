@@ -3,10 +3,11 @@ and the invariances. One module-scoped run directory serves every test; each Tor
 few steps of 8 pairs x <= 64 tokens.
 
     run A: 1 worker, micro 4 x accum 2, ZeRO-2, checkpoints every 2 steps (global batch 8) -- the reference
-    run B: 2 workers x micro 2 x accum 2, rank 0 raises at step 3, FailureConfig resumes    -- = A
-    run C: 2 workers crash at step 3 (no retries); the stage re-run with 1 worker resumes
-           from their checkpoint (DeepSpeed universal checkpoint)                           -- = A
-    run D: ZeRO-3, 1 worker, micro 2 x accum 4                                              -- = A
+    run B: 2 workers x micro 2 x accum 2, ZeRO-Offload (DeepSpeed's CPU Adam), rank 0 raises
+           at step 3, FailureConfig resumes                                                 -- = A
+    run C: 2 workers x micro 2 x accum 2 crash at step 3 (no retries); the stage re-run with
+           1 worker, micro 2 x accum 4, resumes from their checkpoint (DeepSpeed universal
+           checkpoint); once with ZeRO-2, once with ZeRO-3                                  -- = A
 """
 
 from __future__ import annotations
@@ -167,35 +168,32 @@ def test_dpo_first_step_is_ln2_and_loss_falls_and_export_generates(run_a):
     assert not list((Path(cfg.run_dir) / "_checkpoints" / "dpo_a").glob("*"))  # cleared after success
 
 
-def test_two_workers_with_a_failure_match_one_worker(run, run_a):
+def test_two_workers_with_a_failure_and_cpu_offload_match_one_worker(run, run_a):
     from hsdpo.train.dpo import run_dpo
 
     cfg = with_overrides(run[0], ["dpo.output=dpo_b", "dpo.num_workers=2", "dpo.micro_batch_size=2",
-                                  "dpo.fail_at_step=3", "dpo.max_failures=1"])
+                                  "dpo.fail_at_step=3", "dpo.max_failures=1", "dpo.offload=true"])
     run_dpo(cfg)
-    _assert_same_trajectory(run_a[2], _history(cfg, "dpo_b"))
+    hist = _history(cfg, "dpo_b")
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    _assert_same_trajectory(run_a[2], hist)  # DeepSpeed's CPU Adam (state restored after the failure) = AdamW
 
 
-def test_checkpoint_from_two_workers_resumes_with_one(run, run_a):
-    from hsdpo.train.dpo import run_dpo
-
-    crash = with_overrides(run[0], ["dpo.output=dpo_c", "dpo.num_workers=2", "dpo.micro_batch_size=2",
-                                    "dpo.fail_at_step=3", "dpo.max_failures=0"])
-    with pytest.raises(Exception):
-        run_dpo(crash)
-    assert RunDir(crash.run_dir).manifest("dpo_c") is None
-    rerun = with_overrides(run[0], ["dpo.output=dpo_c"])
-    run_dpo(rerun)
-    hist = _history(rerun, "dpo_c")
-    _assert_same_trajectory(run_a[2], hist)
-
-
-def test_zero3_with_accumulation_matches_zero2(run, run_a):
+@pytest.mark.parametrize("zero", [2, 3])
+def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
     from transformers import AutoModelForCausalLM
 
     from hsdpo.train.dpo import run_dpo
 
-    cfg = with_overrides(run[0], ["dpo.output=dpo_d", "dpo.zero_stage=3", "dpo.micro_batch_size=2"])
-    run_dpo(cfg)
-    _assert_same_trajectory(run_a[2], _history(cfg, "dpo_d"))
-    AutoModelForCausalLM.from_pretrained(Path(cfg.run_dir) / "dpo_d" / "model")  # consolidated from shards
+    out = f"dpo_c{zero}"
+    crash = with_overrides(run[0], [f"dpo.output={out}", f"dpo.zero_stage={zero}", "dpo.num_workers=2",
+                                    "dpo.micro_batch_size=2", "dpo.fail_at_step=3", "dpo.max_failures=0"])
+    with pytest.raises(Exception):
+        run_dpo(crash)
+    assert RunDir(crash.run_dir).manifest(out) is None
+    rerun = with_overrides(run[0], [f"dpo.output={out}", f"dpo.zero_stage={zero}", "dpo.micro_batch_size=2"])
+    run_dpo(rerun)
+    hist = _history(rerun, out)
+    assert [h["workers"] for h in hist] == [2, 2, 1, 1]  # steps 1-2 come from the 2-worker checkpoint
+    _assert_same_trajectory(run_a[2], hist)
+    AutoModelForCausalLM.from_pretrained(Path(rerun.run_dir) / out / "model")  # ZeRO-3: consolidated from shards
