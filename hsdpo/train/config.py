@@ -32,6 +32,7 @@ class TrainConfig(StrictModel):
     output: str = Field("train", description="run-dir folder written")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
     use_gpu: bool = Field(False, description="one GPU a worker (NCCL, bf16) instead of CPU (gloo, fp32)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="logical CPUs a worker reserves; on CPU, also its torch threads")
     steps: int = Field(100, ge=1, description="optimizer steps")
     batch_size: int = Field(32, ge=1, description="global batch: examples (SFT) or pairs (DPO) per optimizer step")
     micro_batch_size: int = Field(8, ge=1, description="examples/pairs a worker runs per forward")

@@ -21,7 +21,7 @@ from hsdpo.stage import log
 from hsdpo.train.config import TrainConfig
 
 # fields that do not change what is learned (world size and micro-batching are invariant by design)
-TOPOLOGY = {"num_workers", "micro_batch_size", "use_gpu", "checkpoint_every", "keep_checkpoints", "max_failures",
+TOPOLOGY = {"num_workers", "cpus_per_worker", "micro_batch_size", "use_gpu", "checkpoint_every", "keep_checkpoints", "max_failures",
             "fail_at_step", "log_every", "tensorboard", "wandb_project", "output"}
 
 
@@ -57,7 +57,8 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config=spec,
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu),
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RunConfig(
             name="run", storage_path=ckpt_root,
             failure_config=FailureConfig(max_failures=t.max_failures),

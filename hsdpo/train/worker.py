@@ -234,6 +234,8 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
     loading (plain-process benchmark)."""
     kind = spec["kind"]
     t: TrainConfig = (DPOConfig if kind == "dpo" else SFTConfig).model_validate(spec["cfg"])
+    if not t.use_gpu and spec.get("use_ray"):
+        torch.set_num_threads(max(1, int(t.cpus_per_worker)))  # Ray pins OMP threads to 1 by default
     strategy.init_distributed(t.use_gpu)
     world, rank = strategy.world_size(), strategy.rank()
     device = torch.device(f"cuda:{torch.cuda.current_device()}") if t.use_gpu else torch.device("cpu")
