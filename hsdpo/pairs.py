@@ -177,7 +177,8 @@ def select_pairs(problem: Row, samples: list[Row], cfg: PairsConfig, seed: int =
         kind = "gold" if chosen["sample_id"] == -1 else ("hard" if r["hard_negative"] else "easy")
         text = None
         if cfg.rejected_span == "first_error":
-            text = first_error_cut(str(r["completion"]), str(chosen["completion"]), int(r.get("first_error_step", -1)))
+            step = r.get("first_error_step")
+            text = first_error_cut(str(r["completion"]), str(chosen["completion"]), -1 if step is None else int(step))
         pairs.append(Pair(chosen=chosen, rejected=r, kind=kind, weight=raw_weight(r, cfg), rejected_text=text))
     return ProblemPairs(pairs=pairs)
 

@@ -128,7 +128,7 @@ def test_first_error_cut(case, rejected, step, expected):
 
 def test_rejected_span_first_error_cuts_only_located_errors():
     samples = [s(0, True, CHOSEN), {**s(1, False, "27-5 = <<27-5=23>>23\n#### 23", hard=True), "first_error_step": 0},
-               s(2, False, "27-5 = <<27-5=22>>22\n#### 21", wrong=0.9)]
+               {**s(2, False, "27-5 = <<27-5=22>>22\n#### 21", wrong=0.9), "first_error_step": None}]
     full = select_pairs(samples[0], samples, PairsConfig())
     assert [p.rejected_cut for p in full.pairs] == [False, False]
     got = select_pairs(samples[0], samples, PairsConfig(rejected_span="first_error"))
