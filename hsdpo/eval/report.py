@@ -67,8 +67,13 @@ def plot_accuracy(summary: dict[str, Any], path: str) -> None:
     ax.set_xticks(range(len(cols)), [c[0] for c in cols])
     ax.set_ylabel("greedy accuracy (%)")
     ax.set_ylim(0, 100)
+    _save(plt, fig, ax, "held-out accuracy by model and subset", path)
+
+
+def _save(plt, fig, ax, title: str, path: str) -> None:
+    """Legend, title, tight layout, PNG at 100 dpi; the figure is closed."""
     ax.legend(fontsize=8)
-    ax.set_title("held-out accuracy by model and subset")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -85,11 +90,7 @@ def plot_negatives(rows: list[dict[str, Any]], path: str) -> None:
     ax.set_ylabel("absurdity")
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
-    ax.set_title("sampled wrong solutions")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, ax, "sampled wrong solutions", path)
 
 
 def plot_pair_weights(weights: list[tuple[float, str]], path: str) -> None:
@@ -99,11 +100,7 @@ def plot_pair_weights(weights: list[tuple[float, str]], path: str) -> None:
     ax.hist([[w for w, k in weights if k == kind] for kind in kinds], bins=30, stacked=True, label=kinds)
     ax.set_xlabel("pair weight (mean 1)")
     ax.set_ylabel("pairs")
-    ax.legend(fontsize=8)
-    ax.set_title(f"verifier pair weights ({len(weights)} pairs)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, ax, f"verifier pair weights ({len(weights)} pairs)", path)
 
 
 def plot_margins(margins: dict[str, list[tuple[int, float]]], path: str) -> None:
@@ -114,11 +111,7 @@ def plot_margins(margins: dict[str, list[tuple[int, float]]], path: str) -> None
     ax.axhline(0, color="black", lw=0.5)
     ax.set_xlabel("DPO step")
     ax.set_ylabel("reward margin (chosen - rejected)")
-    ax.legend(fontsize=8)
-    ax.set_title("DPO reward margins")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, ax, "DPO reward margins", path)
 
 
 def _profile_table(summary: dict[str, Any]) -> str:
