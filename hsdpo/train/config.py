@@ -8,9 +8,9 @@ therefore leaves the optimisation unchanged (the invariance tests hold the code 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from hsdpo.configbase import StrictModel
 
@@ -47,6 +47,13 @@ class TrainConfig(StrictModel):
     offload: bool = Field(False, description="ZeRO CPU offload of optimizer states (and params at stage 3); DeepSpeed's CPU Adam, compiled on first use")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
+    compile: bool = Field(False, description="torch.compile each decoder layer (torchtune style); the first steps pay the compile; ZeRO-2 only")
+    deepspeed: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra DeepSpeed config, deep-merged over the one built from these fields (e.g. zero_optimization"
+                    " bucket sizes); keys set from our own fields (batch sizes, clipping, precision, optimizer, ZeRO stage"
+                    " and offload) are refused",
+    )
     attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")
     logp_chunk: int = Field(128, ge=1, description="sequence positions per chunk of the log-softmax (never full [B,T,V] fp32 logits)")
     seed: int = Field(0, description="added to the run seed: data order")
@@ -60,6 +67,28 @@ class TrainConfig(StrictModel):
     tensorboard: bool = Field(False, description="also write TensorBoard events to <output>/tb")
     wandb_project: str | None = Field(None, description="also log to this W&B project (rank 0)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+
+    @field_validator("deepspeed")
+    @classmethod
+    def _own_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
+        clash = [k for k in OWN_DS_KEYS if k in v]
+        clash += [f"zero_optimization.{k}" for k in OWN_ZERO_KEYS if k in (v.get("zero_optimization") or {})]
+        if clash:
+            raise ValueError(f"{clash[0]} is set from hsdpo's own fields (see OWN_DS_KEYS in hsdpo/train/config.py);"
+                             " set those instead")
+        return v
+
+    @model_validator(mode="after")
+    def _compile_zero2(self) -> "TrainConfig":
+        if self.compile and self.zero_stage != 2:
+            raise ValueError("compile=true needs zero_stage 2 (ZeRO-3 gathers parameters in hooks a compiled layer skips)")
+        return self
+
+
+# DeepSpeed keys built from TrainConfig fields: an override would silently disagree with them
+OWN_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
+               "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
+OWN_ZERO_KEYS = ("stage", "offload_optimizer", "offload_param")
 
 
 class SFTConfig(TrainConfig):

@@ -7,7 +7,8 @@
 Loss: `Σ w_i · −log σ(β[(π_c − ρ_c) − (π_r − ρ_r)]) / Σ w_i + nll_coef · NLL(chosen)` (losses.py),
 with ρ read from `ref_logps/` (no reference model in memory), w from the pairs' `weight` column
 (`dpo.weighting=verifier`) or 1 (`uniform`). Input: `<dpo.pairs_from>/` and the policy
-`<dpo.init_from>/model/`. Output: `<run_dir>/<output>/model/` (HF folder) and `metrics.jsonl`.
+`<dpo.init_from>/model/`. Output: `<run_dir>/<output>/model/` (HF folder), `metrics.jsonl` and `engine.json` (the DeepSpeed
+config the engine ran with, world size, accumulation).
 """
 
 from __future__ import annotations

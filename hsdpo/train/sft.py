@@ -8,7 +8,8 @@ Data: `sft.data_from="problems"` trains on the train split of problems/ (prompt 
 template, completion = the gold solution + eos); a pairs folder trains on the pairs' `chosen`
 column, deduplicated per problem. Model: `sft.init_from` (a stage folder), else `cfg.model.name_or_path`,
 else a tokenizer built from the training corpus and a random `cfg.model.preset` model (seeded),
-saved under `<output>/_init/`. Output: `<run_dir>/<output>/model/` (HF folder) and `metrics.jsonl`.
+saved under `<output>/_init/`. Output: `<run_dir>/<output>/model/` (HF folder), `metrics.jsonl` and `engine.json` (the DeepSpeed
+config the engine ran with, world size, accumulation).
 Checkpoints: see launch.py.
 """
 

@@ -93,7 +93,15 @@ def ds_config(t: TrainConfig, micro_batch: int, accum: int) -> dict[str, Any]:
     if t.offload:
         cfg["optimizer"] = {"type": "AdamW", "params": {"lr": t.lr, "betas": list(t.adam_betas),
                                                         "weight_decay": t.weight_decay}}
-    return cfg
+    return deep_merge(cfg, t.deepspeed)
+
+
+def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`extra` over `base`, recursively for nested dicts; neither is modified."""
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def lr_lambda(t: TrainConfig):

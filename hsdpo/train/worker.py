@@ -28,7 +28,7 @@ from hsdpo.train import strategy
 from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
 from hsdpo.train.losses import sft_loss, weighted_dpo_loss
 from hsdpo.train.mfu import flops_per_token, peak_flops
-from hsdpo.train.tokenize import Encoded, LogpModel, collate, encode, pair_batch, pair_examples
+from hsdpo.train.tokenize import Encoded, LogpModel, collate, encode, pair_batch, pair_examples, split_model
 
 
 # ---- reporting: Ray Train when under it, else files only -----------------------------------------
@@ -118,8 +118,11 @@ def global_batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
 def load_rows(rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     if rows is not None:
         return rows
+    import ray.data
     import ray.train
 
+    # the shard is read once, up front; a progress bar left open would be re-drawn with every log line
+    ray.data.DataContext.get_current().enable_progress_bars = False
     got = list(ray.train.get_dataset_shard("train").iter_rows())
     return sorted(got, key=lambda r: r["_idx"])
 
@@ -140,6 +143,10 @@ def build_policy(spec: dict[str, Any], t: TrainConfig, model=None) -> torch.nn.M
 
         model = get_peft_model(model, LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                                                  target_modules=t.lora.target_modules, task_type="CAUSAL_LM"))
+    if t.compile:
+        # one graph for all layers (parameters are graph inputs); sequence lengths vary, so shapes go dynamic
+        for layer in split_model(model)[0].layers:
+            layer.compile()
     model.train()
     return LogpModel(model, t.logp_chunk)
 
@@ -272,10 +279,23 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
             log.add(row)
             state = {"step": done, "world": world, "history": log.history}
             reporter.report(row, engine if ckpt else None, done, state)
+    if rank == 0 and out_dir:
+        write_engine_info(os.path.join(out_dir, "engine.json"), engine, world, accum)
     if spec.get("export", True):
         strategy.export_hf(engine, os.path.join(out_dir, "model"), spec.get("model_path"), tokenizer,
                            t.lora.enabled)
     return log.history
+
+
+def write_engine_info(path: str, engine, world: int, accum: int) -> None:
+    """What the run actually ran with: the DeepSpeed config handed to the engine (ours merged with
+    `deepspeed` extras), world size, accumulation, and graphs torch.compile built (`compile`)."""
+    from torch._dynamo.utils import counters
+
+    info = {"deepspeed": engine.config, "world": world, "accum": accum,
+            "compiled_graphs": int(counters["stats"].get("unique_graphs", 0))}
+    with open(path, "w") as f:
+        json.dump(info, f, indent=2, default=str)
 
 
 def build_and_resume(spec: dict[str, Any], t: TrainConfig, model, rows_per_forward: int, accum: int,

@@ -8,6 +8,7 @@ few steps of 8 pairs x <= 64 tokens.
     run C: 2 workers x micro 2 x accum 2 crash at step 3 (no retries); the stage re-run with
            1 worker, micro 2 x accum 4, resumes from their checkpoint (DeepSpeed universal
            checkpoint); once with ZeRO-2, once with ZeRO-3                                  -- = A
+    run D: as A with torch.compile'd decoder layers and a DeepSpeed extra (tiny buckets)  -- = A
 """
 
 from __future__ import annotations
@@ -197,3 +198,18 @@ def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
     assert [h["workers"] for h in hist] == [2, 2, 1, 1]  # steps 1-2 come from the 2-worker checkpoint
     _assert_same_trajectory(run_a[2], hist)
     AutoModelForCausalLM.from_pretrained(Path(rerun.run_dir) / out / "model")  # ZeRO-3: consolidated from shards
+
+
+def test_compiled_layers_and_deepspeed_extras_keep_the_trajectory(run, run_a):
+    from hsdpo.train.dpo import run_dpo
+
+    cfg = with_overrides(run[0], ["dpo.output=dpo_d", "dpo.compile=true",
+                                  "dpo.deepspeed.zero_optimization.reduce_bucket_size=1000"])
+    run_dpo(cfg)
+    info = json.loads((Path(cfg.run_dir) / "dpo_d" / "engine.json").read_text())
+    assert info["deepspeed"]["zero_optimization"]["reduce_bucket_size"] == 1000  # reached the engine
+    assert info["deepspeed"]["zero_optimization"]["contiguous_gradients"] is True  # ours kept beside it
+    assert info["compiled_graphs"] > 0 and info["world"] == 1 and info["accum"] == 2
+    _assert_same_trajectory(run_a[2], _history(cfg, "dpo_d"))
+    reference = json.loads((Path(cfg.run_dir) / "dpo_a" / "engine.json").read_text())
+    assert reference["compiled_graphs"] == 0 and "reduce_bucket_size" in reference["deepspeed"]["zero_optimization"]
