@@ -7,6 +7,13 @@ size 1 (no Ray). The default shape is Qwen2.5-1.5B (random weights): hidden 1536
 
     python benchmarks/gpu_train.py --out /tmp/gpu_train.json                     # H100/H200
     python benchmarks/gpu_train.py --preset micro --device cpu --steps 3 --pairs 4 --seq 64 --out /tmp/x.json
+    python benchmarks/gpu_train.py --variant 'compile:{"compile": true}' \
+        --variant 'one bucket:{"deepspeed": {"zero_optimization": {"reduce_bucket_size": 2e9}}}' \
+        --profile 3 --out /tmp/gpu_train.json                                     # more rows + where time goes
+
+`--variant NAME:JSON` adds an hsdpo row with those DPOConfig fields changed (repeatable); `--profile K`
+runs K more steps of the plain loop and of the default hsdpo row under torch.profiler and writes the
+top kernels and ops (device and host time) next to `--out`.
 
 MFU = 6 x matmul params x (non-pad) tokens / step time / peak dense bf16 FLOP/s (hsdpo.train.mfu);
 unknown devices report none. Peak memory is torch.cuda.max_memory_allocated per phase.
@@ -74,7 +81,7 @@ def reset_mem() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def run_plain(args, device: str, pairs: list[dict]) -> dict:
+def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, warmup: int | None = None) -> dict:
     """The baseline: bf16 weights, fused AdamW, chosen+rejected in one forward, chunked log-probs."""
     from hsdpo.train.losses import weighted_dpo_loss
     from hsdpo.train.mfu import flops_per_token, peak_flops
@@ -90,7 +97,8 @@ def run_plain(args, device: str, pairs: list[dict]) -> dict:
     w = torch.tensor([p["weight"] for p in pairs], device=device)
     tokens = int(b.attention_mask.sum())
     times = []
-    for step in range(args.warmup + args.steps):
+    warmup = args.warmup if warmup is None else warmup
+    for step in range(warmup + (args.steps if steps is None else steps)):
         sync(device)
         t0 = time.perf_counter()
         logps, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, args.chunk)
@@ -100,7 +108,7 @@ def run_plain(args, device: str, pairs: list[dict]) -> dict:
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(device)
-        if step >= args.warmup:
+        if step >= warmup:
             times.append(time.perf_counter() - t0)
     dt = sum(times) / len(times)
     peak = peak_flops() if device == "cuda" else None
@@ -111,23 +119,82 @@ def run_plain(args, device: str, pairs: list[dict]) -> dict:
     return out
 
 
-def run_hsdpo(args, device: str, pairs: list[dict]) -> dict:
-    """hsdpo's DPO worker, world size 1, ZeRO-2, no export, no checkpoints."""
+def run_hsdpo(args, device: str, pairs: list[dict], name: str = "hsdpo (DeepSpeed ZeRO-2)",
+              changes: dict | None = None, steps: int | None = None, warmup: int | None = None) -> dict:
+    """hsdpo's DPO worker, world size 1, ZeRO-2, no export, no checkpoints; `changes` edits the config."""
     from hsdpo.train.config import DPOConfig
     from hsdpo.train.worker import train_worker
 
     reset_mem()
-    cfg = DPOConfig(use_gpu=device == "cuda", steps=args.warmup + args.steps, batch_size=len(pairs),
-                    micro_batch_size=len(pairs), max_length=args.seq, lr=1e-6, zero_stage=2, logp_chunk=args.chunk,
-                    precision="bf16" if device == "cuda" else "fp32", gradient_checkpointing=args.grad_ckpt,
-                    min_lr_ratio=1.0)
+    warmup = args.warmup if warmup is None else warmup
+    fields = dict(use_gpu=device == "cuda", steps=warmup + (args.steps if steps is None else steps),
+                  batch_size=len(pairs), micro_batch_size=len(pairs), max_length=args.seq, lr=1e-6, zero_stage=2,
+                  logp_chunk=args.chunk, precision="bf16" if device == "cuda" else "fp32",
+                  gradient_checkpointing=args.grad_ckpt, min_lr_ratio=1.0)
+    cfg = DPOConfig(**{**fields, **(changes or {})})
     spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "export": False, "out_dir": None}
     hist = train_worker(spec, rows=pairs, model=build_model(args, device), tokenizer=IdTokenizer())
-    timed = hist[args.warmup:]
+    timed = hist[warmup:]
     dt = sum(h["step_s"] for h in timed) / len(timed)
     mfu = [h["mfu"] for h in timed if h.get("mfu") is not None]
-    return {"name": "hsdpo (DeepSpeed ZeRO-2)", "step_s": dt, "tokens_per_s": sum(h["tokens_per_s"] * h["step_s"] for h in timed) / len(timed) / dt,
-            "mfu": sum(mfu) / len(mfu) if mfu else None, "peak_mem_gib": mem_gib(), "first_loss": hist[0]["loss"]}
+    return {"name": name, "step_s": dt, "tokens_per_s": sum(h["tokens_per_s"] * h["step_s"] for h in timed) / len(timed) / dt,
+            "mfu": sum(mfu) / len(mfu) if mfu else None, "peak_mem_gib": mem_gib(), "first_loss": hist[0]["loss"],
+            "changes": changes or {}}
+
+
+def parse_variant(text: str) -> tuple[str, dict]:
+    """`NAME:JSON` -> (name, DPOConfig field changes)."""
+    name, sep, blob = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--variant {text!r}: expected NAME:JSON, e.g. 'compile:{{\"compile\": true}}'")
+    try:
+        changes = json.loads(blob)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"--variant {name}: bad JSON ({e})") from None
+    if not isinstance(changes, dict):
+        raise SystemExit(f"--variant {name}: JSON must be an object of DPOConfig fields")
+    from pydantic import ValidationError
+
+    from hsdpo.train.config import DPOConfig
+
+    try:
+        DPOConfig(**changes)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise SystemExit(f"--variant {name}: {'.'.join(map(str, err['loc']))}: {err['msg']}") from None
+    return name.strip(), changes
+
+
+def profile(args, device: str, pairs: list[dict], out_prefix: str) -> list[str]:
+    """K steps (plus 1 warm-up step) of the plain loop and of hsdpo under torch.profiler; the top ops by
+    self device time and by self host time, one text file a run."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    written = []
+    for tag, fn in (("plain", run_plain), ("hsdpo", run_hsdpo)):
+        with torch_profile(activities=acts) as prof:
+            fn(args, device, pairs, steps=args.profile, warmup=1)
+        avg = prof.key_averages()
+        path = f"{out_prefix}.profile_{tag}.txt"
+        with open(path, "w") as f:
+            f.write(f"{tag}: {args.profile} steps + 1 warm-up, model build included\n")
+            if device == "cuda":
+                f.write(sorted_table(avg, ("self_device_time_total", "self_cuda_time_total")))
+            f.write(sorted_table(avg, ("self_cpu_time_total",)))
+        written.append(path)
+    return written
+
+
+def sorted_table(avg, keys: tuple[str, ...]) -> str:
+    """key_averages table by the first sort key this torch knows (names changed across versions)."""
+    for key in keys:
+        try:
+            return f"== by {key}\n{avg.table(sort_by=key, row_limit=40)}\n"
+        except (AttributeError, KeyError, RuntimeError):
+            continue
+    return f"== none of {keys} is known to this torch\n"
 
 
 def sync(device: str) -> None:
@@ -157,6 +224,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary of a tiny preset")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the hsdpo run")
     ap.add_argument("--skip-plain", action="store_true")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:JSON",
+                    help="an extra hsdpo row with these DPOConfig field changes (repeatable)")
+    ap.add_argument("--profile", type=int, default=0, metavar="K", help="also profile K steps of plain and hsdpo")
     ap.add_argument("--out", required=True, help="JSON results path")
     args = ap.parse_args()
     for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533"), ("RANK", "0"), ("WORLD_SIZE", "1"),
@@ -165,11 +235,20 @@ def main() -> None:
     vocab = QWEN25_15B["vocab_size"] if args.preset == "qwen2.5-1.5b" else (args.vocab or 512)
     pairs = make_pairs(args.pairs, args.seq, vocab)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    variants = [parse_variant(v) for v in args.variant]  # fail on a typo before any model is built
     rows = [] if args.skip_plain else [run_plain(args, args.device, pairs)]
     rows.append(run_hsdpo(args, args.device, pairs))
+    for name, changes in variants:
+        try:
+            rows.append(run_hsdpo(args, args.device, pairs, name=f"hsdpo {name}", changes=changes))
+        except Exception as e:  # one failing variant must not lose the rows already measured
+            print(f"variant {name} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
     print(table(rows, args, device_name), flush=True)
     with open(args.out, "w") as f:
         json.dump({"device": device_name, "args": vars(args), "results": rows}, f, indent=2)
+    if args.profile:
+        for path in profile(args, args.device, pairs, os.path.splitext(args.out)[0]):
+            print(f"profile: {path}", flush=True)
 
 
 if __name__ == "__main__":
