@@ -47,7 +47,7 @@ class TrainConfig(StrictModel):
     offload: bool = Field(False, description="ZeRO CPU offload of optimizer states (and params at stage 3); DeepSpeed's CPU Adam, compiled on first use")
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
-    compile: bool = Field(False, description="torch.compile each decoder layer (torchtune style); the first steps pay the compile; ZeRO-2 only")
+    compile: bool = Field(False, description="torch.compile each decoder layer (torchtune style) and the LM-head log-softmax chunk; the first steps pay the compile; ZeRO-2 only")
     deepspeed: dict[str, Any] = Field(
         default_factory=dict,
         description="extra DeepSpeed config, deep-merged over the one built from these fields (e.g. zero_optimization"

@@ -68,17 +68,19 @@ def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
 
 
 def token_logps(decoder: torch.nn.Module, lm_head: torch.nn.Module, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor, chunk: int) -> torch.Tensor:
-    """Log-prob of each next token, `[B, T-1]`; position t scores input_ids[:, t+1]."""
+                attention_mask: torch.Tensor, chunk: int, chunk_fn=_chunk_logps) -> torch.Tensor:
+    """Log-prob of each next token, `[B, T-1]`; position t scores input_ids[:, t+1]. `chunk_fn` may be
+    `_chunk_logps` compiled: one kernel reads a chunk's bf16 logits once for the upcast, log-softmax
+    and gather, where eager writes and re-reads fp32 copies."""
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state[:, :-1]  # [B, T-1, H]
     targets = input_ids[:, 1:]  # [B, T-1]
     pieces = []
     for s in range(0, hidden.shape[1], chunk):
         h, t = hidden[:, s:s + chunk], targets[:, s:s + chunk]
         if torch.is_grad_enabled():
-            pieces.append(checkpoint(_chunk_logps, lm_head, h, t, use_reentrant=False))
+            pieces.append(checkpoint(chunk_fn, lm_head, h, t, use_reentrant=False))
         else:
-            pieces.append(_chunk_logps(lm_head, h, t))
+            pieces.append(chunk_fn(lm_head, h, t))
     return torch.cat(pieces, dim=1)
 
 
@@ -89,10 +91,10 @@ def split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
 
 
 def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   loss_mask: torch.Tensor, chunk: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+                   loss_mask: torch.Tensor, chunk: int = 128, chunk_fn=_chunk_logps) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs [B] fp32, completion tokens [B])."""
     decoder, lm_head = split_model(model)
-    logps = token_logps(decoder, lm_head, input_ids, attention_mask, chunk)  # [B, T-1]
+    logps = token_logps(decoder, lm_head, input_ids, attention_mask, chunk, chunk_fn)  # [B, T-1]
     mask = loss_mask[:, 1:].to(logps.dtype)
     return (logps * mask).sum(-1), mask.sum(-1)
 
@@ -101,14 +103,15 @@ class LogpModel(torch.nn.Module):
     """What DeepSpeed wraps: forward returns sequence log-probs, so every parameter access goes
     through module calls (ZeRO-3 gathers on them) and the engine owns the whole computation."""
 
-    def __init__(self, model: torch.nn.Module, chunk: int):
+    def __init__(self, model: torch.nn.Module, chunk: int, compile_chunks: bool = False):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        self.chunk_fn = torch.compile(_chunk_logps) if compile_chunks else _chunk_logps
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 loss_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return sequence_logps(self.model, input_ids, attention_mask, loss_mask, self.chunk)
+        return sequence_logps(self.model, input_ids, attention_mask, loss_mask, self.chunk, self.chunk_fn)
 
 
 def pair_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[tuple[Encoded, Encoded]]:

@@ -144,11 +144,11 @@ def build_policy(spec: dict[str, Any], t: TrainConfig, model=None) -> torch.nn.M
         model = get_peft_model(model, LoraConfig(r=t.lora.r, lora_alpha=t.lora.alpha, lora_dropout=t.lora.dropout,
                                                  target_modules=t.lora.target_modules, task_type="CAUSAL_LM"))
     if t.compile:
-        # one graph for all layers (parameters are graph inputs); sequence lengths vary, so shapes go dynamic
+        # each layer, and (LogpModel) the LM head + log-softmax chunk; sequence lengths vary, so shapes go dynamic
         for layer in split_model(model)[0].layers:
             layer.compile()
     model.train()
-    return LogpModel(model, t.logp_chunk)
+    return LogpModel(model, t.logp_chunk, compile_chunks=t.compile)
 
 
 # ---- steps ---------------------------------------------------------------------------------------
