@@ -236,16 +236,23 @@ def main() -> None:
     pairs = make_pairs(args.pairs, args.seq, vocab)
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     variants = [parse_variant(v) for v in args.variant]  # fail on a typo before any model is built
-    rows = [] if args.skip_plain else [run_plain(args, args.device, pairs)]
-    rows.append(run_hsdpo(args, args.device, pairs))
+    rows: list[dict] = []
+
+    def add(row: dict) -> None:  # written after every row: a timeout keeps what was measured
+        rows.append(row)
+        with open(args.out, "w") as f:
+            json.dump({"device": device_name, "args": vars(args), "results": rows}, f, indent=2)
+        print(table([row], args, device_name), flush=True)
+
+    if not args.skip_plain:
+        add(run_plain(args, args.device, pairs))
+    add(run_hsdpo(args, args.device, pairs))
     for name, changes in variants:
         try:
-            rows.append(run_hsdpo(args, args.device, pairs, name=f"hsdpo {name}", changes=changes))
+            add(run_hsdpo(args, args.device, pairs, name=f"hsdpo {name}", changes=changes))
         except Exception as e:  # one failing variant must not lose the rows already measured
             print(f"variant {name} failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", flush=True)
     print(table(rows, args, device_name), flush=True)
-    with open(args.out, "w") as f:
-        json.dump({"device": device_name, "args": vars(args), "results": rows}, f, indent=2)
     if args.profile:
         for path in profile(args, args.device, pairs, os.path.splitext(args.out)[0]):
             print(f"profile: {path}", flush=True)
