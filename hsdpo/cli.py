@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Callable
 
-from hsdpo.config import STAGES, ConfigError, PipelineConfig, load_config, with_overrides
+from hsdpo.config import STAGES, ConfigError, InputError, PipelineConfig, load_config, with_overrides
 from hsdpo.rundir import StageResult
 
 # stage -> "module:function"; imported lazily so `hsdpo --help` stays fast.
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(cfg, tuple(args.force))
         else:
             runner(args.command)(cfg, force=args.force)
-    except ConfigError as err:
+    except (ConfigError, InputError) as err:
         print(f"hsdpo: {err}", file=sys.stderr)
         return 2
     except FileNotFoundError as err:

@@ -33,6 +33,11 @@ class ConfigError(ValueError):
     """A one-line, user-facing config problem."""
 
 
+class InputError(ValueError):
+    """A stage's input is missing or unusable (no rows, a missing package a setting asks for):
+    reported on one line, like a config error."""
+
+
 class RayConfig(StrictModel):
     address: str | None = Field(None, description="Ray address; None = $RAY_ADDRESS or a new local Ray")
     num_cpus: int | None = Field(None, description="CPUs for a new local Ray (None = all)")

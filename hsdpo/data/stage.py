@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import InputError, PipelineConfig
 from hsdpo.rundir import StageResult, join
 from hsdpo.stage import run_stage, write_rejects, write_rows
 
@@ -35,7 +35,7 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
                 keep.append(r)
         rows = keep
     if not rows:
-        raise ValueError("data: no usable problems (check data.sources)")
+        raise InputError("data: no usable problems (check data.sources)")
     write_rows(rows, join(out, "problems.parquet"))
     by_split: dict[str, int] = {}
     for r in rows:

@@ -25,7 +25,7 @@ import tempfile
 import time
 from typing import Any
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import InputError, PipelineConfig
 from hsdpo.eval.metrics import format_comparison, summarize
 from hsdpo.eval.report import ReportInputs, write_report
 from hsdpo.rundir import RunDir, StageResult, _fs, join, write_json_atomic
@@ -160,7 +160,7 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
 
     problems = load_problems(cfg, split=cfg.eval.split, limit=cfg.eval.limit)
     if not problems:
-        raise ValueError(f"eval: no problems in split {cfg.eval.split!r} of {cfg.data.output}/")
+        raise InputError(f"eval: no problems in split {cfg.eval.split!r} of {cfg.data.output}/")
     init_ray(cfg.ray)
     rows_by_model, info = evaluate_models(cfg, problems, out)
     summary = summarize(rows_by_model, problems, cfg.eval.near_miss_ref, cfg.eval.pass_k)

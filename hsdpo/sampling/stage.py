@@ -15,7 +15,7 @@ hsdpo.sampling.pipeline.
 
 from __future__ import annotations
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import InputError, PipelineConfig
 from hsdpo.rundir import StageResult
 from hsdpo.stage import log, run_stage
 
@@ -29,7 +29,7 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
     s = cfg.sample
     problems = load_problems(cfg, split=s.split, limit=s.limit)
     if not problems:
-        raise ValueError(f"sample: no problems in split {s.split!r} of {cfg.data.output}/")
+        raise InputError(f"sample: no problems in split {s.split!r} of {cfg.data.output}/")
     model_path = resolve_model_path(cfg.run_dir, s.model_from)
     log(f"sample: {len(problems)} problems x n={s.n} from {model_path} ({s.backend} backend, "
         f"verify={'on' if s.verify else 'off'})")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import ConfigError, InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult
@@ -45,7 +45,7 @@ def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
 def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool) -> StageResult:
     rows, rejects = dpo_rows(cfg)
     if not rows:
-        raise ValueError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}")
+        raise InputError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}")
     model_path = resolve_model_path(cfg.run_dir, cfg.dpo.init_from)
     root = checkpoint_root(cfg, cfg.dpo, inputs)
     if force:
@@ -62,7 +62,7 @@ def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
     d = cfg.dpo
     if d.pairs_from == cfg.reflogp.output:
         if cfg.reflogp.max_length != d.max_length:
-            raise ValueError(f"reflogp.max_length {cfg.reflogp.max_length} != dpo.max_length {d.max_length}:"
+            raise ConfigError(f"reflogp.max_length {cfg.reflogp.max_length} != dpo.max_length {d.max_length}:"
                              " reference and policy log-probs must cover the same tokens")
         from hsdpo.train.reflogp import run_reflogp
 

@@ -15,7 +15,7 @@ import json
 import shutil
 from typing import Any
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import ConfigError, InputError, PipelineConfig
 from hsdpo.rundir import RunDir, local_path
 from hsdpo.stage import log
 from hsdpo.train.config import TrainConfig
@@ -50,6 +50,10 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
 
     from hsdpo.train.worker import ray_train_loop
 
+    check_loggers(t)
+    if t.batch_size % (t.micro_batch_size * t.num_workers):  # the workers check too; fail before they start
+        raise ConfigError(f"{t.output}: batch_size {t.batch_size} is not a multiple of micro_batch_size"
+                          f" {t.micro_batch_size} x num_workers {t.num_workers}")
     ds = ray.data.from_items([{**r, "_idx": i} for i, r in enumerate(rows)])
     spec = {"kind": kind, "cfg": t.model_dump(mode="json"), "model_path": model_path,
             "tokenizer_path": tokenizer_path, "out_dir": local_path(out_dir),
@@ -70,6 +74,16 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     log(f"{kind}: {len(rows)} rows, {t.num_workers} workers, checkpoints in {ckpt_root}")
     trainer.fit()
     return read_history(out_dir)
+
+
+def check_loggers(t: TrainConfig) -> None:
+    """Fail before any worker starts when a requested logger's package is missing."""
+    import importlib.util
+
+    for wanted, module, key in ((t.tensorboard, "tensorboard", "tensorboard=true"),
+                                (t.wandb_project, "wandb", "wandb_project")):
+        if wanted and importlib.util.find_spec(module) is None:
+            raise InputError(f"{t.output}.{key} needs the {module} package: pip install 'hsdpo[{module}]'")
 
 
 def read_history(out_dir: str) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult, list_files
@@ -61,7 +61,7 @@ def _body(cfg: PipelineConfig, out: str) -> StageResult:
     rd = RunDir(cfg.run_dir)
     files = list(list_files(rd.path(c.pairs_from), ".parquet"))
     if not files:
-        raise ValueError(f"reflogp: no pairs in {rd.path(c.pairs_from)}")
+        raise InputError(f"reflogp: no pairs in {rd.path(c.pairs_from)}")
     ds = ray.data.read_parquet(files).map_batches(
         RefLogpActor,
         fn_constructor_kwargs={"model_path": resolve_model_path(cfg.run_dir, c.model_from),

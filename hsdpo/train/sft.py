@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
 from hsdpo.prompts import format_completion, format_prompt
 from hsdpo.rayutil import init_ray
@@ -70,7 +70,7 @@ def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str) -> 
 def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool) -> StageResult:
     rows, rejects = sft_rows(cfg)
     if not rows:
-        raise ValueError(f"sft: no training rows from {cfg.sft.data_from!r}")
+        raise InputError(f"sft: no training rows from {cfg.sft.data_from!r}")
     model_path, tok_path = initial_model(cfg, rows, out)
     root = checkpoint_root(cfg, cfg.sft, inputs)
     if force:

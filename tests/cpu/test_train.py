@@ -8,7 +8,8 @@ few steps of 8 pairs x <= 64 tokens.
     run C: 2 workers x micro 2 x accum 2 crash at step 3 (no retries); the stage re-run with
            1 worker, micro 2 x accum 4, resumes from their checkpoint (DeepSpeed universal
            checkpoint); once with ZeRO-2, once with ZeRO-3                                  -- = A
-    run D: as A with torch.compile'd decoder layers and a DeepSpeed extra (tiny buckets)  -- = A
+    run D: as A with torch.compile'd decoder layers, a DeepSpeed extra (tiny buckets) and
+           TensorBoard events                                                                -- = A
 """
 
 from __future__ import annotations
@@ -200,12 +201,18 @@ def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
     AutoModelForCausalLM.from_pretrained(Path(rerun.run_dir) / out / "model")  # ZeRO-3: consolidated from shards
 
 
-def test_compiled_layers_and_deepspeed_extras_keep_the_trajectory(run, run_a):
+def test_compiled_layers_deepspeed_extras_and_tensorboard(run, run_a):
     from hsdpo.train.dpo import run_dpo
 
-    cfg = with_overrides(run[0], ["dpo.output=dpo_d", "dpo.compile=true",
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = with_overrides(run[0], ["dpo.output=dpo_d", "dpo.compile=true", "dpo.tensorboard=true",
                                   "dpo.deepspeed.zero_optimization.reduce_bucket_size=1000"])
     run_dpo(cfg)
+    events = EventAccumulator(str(Path(cfg.run_dir) / "dpo_d" / "tb"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("loss")]
+    assert logged == [(h["step"], pytest.approx(h["loss"], rel=1e-6)) for h in _history(cfg, "dpo_d")]
     info = json.loads((Path(cfg.run_dir) / "dpo_d" / "engine.json").read_text())
     assert info["deepspeed"]["zero_optimization"]["reduce_bucket_size"] == 1000  # reached the engine
     assert info["deepspeed"]["zero_optimization"]["contiguous_gradients"] is True  # ours kept beside it
@@ -213,3 +220,40 @@ def test_compiled_layers_and_deepspeed_extras_keep_the_trajectory(run, run_a):
     _assert_same_trajectory(run_a[2], _history(cfg, "dpo_d"))
     reference = json.loads((Path(cfg.run_dir) / "dpo_a" / "engine.json").read_text())
     assert reference["compiled_graphs"] == 0 and "reduce_bucket_size" in reference["deepspeed"]["zero_optimization"]
+
+
+def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
+    from safetensors.torch import load_file
+
+    from hsdpo.train.dpo import run_dpo
+
+    cfg = with_overrides(run[0], ["dpo.output=dpo_lora", "dpo.lora.enabled=true", "dpo.lora.r=4",
+                                  "dpo.lora.target_modules=[q_proj, v_proj]", "dpo.lr=2e-2"])
+    run_dpo(cfg)
+    hist = _history(cfg, "dpo_lora")
+    assert hist[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)  # B = 0: policy starts as the reference
+    assert hist[-1]["loss"] < hist[0]["loss"]
+    before = load_file(Path(cfg.run_dir) / "sft" / "model" / "model.safetensors")
+    after = load_file(Path(cfg.run_dir) / "dpo_lora" / "model" / "model.safetensors")
+    assert set(after) == set(before)  # a plain HF folder: adapters merged, no peft keys
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dpo.wandb_project=hsdpo-test"], "hsdpo: dpo_bad.wandb_project needs the wandb package: pip install 'hsdpo[wandb]'"),
+    (["dpo.batch_size=6"], "hsdpo: dpo_bad: batch_size 6 is not a multiple of micro_batch_size 4 x num_workers 1"),
+])
+def test_bad_training_settings_fail_on_one_line_before_any_worker(run, tmp_path, capsys, overrides, message):
+    import importlib.util
+
+    from hsdpo.cli import main
+    from hsdpo.config import dump_config
+
+    if "wandb" in overrides[0] and importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(run[0]))
+    assert main(["dpo", str(path), "dpo.output=dpo_bad", *overrides]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == message
+    assert RunDir(run[0].run_dir).manifest("dpo_bad") is None
