@@ -54,6 +54,11 @@ def test_paper_recipe_requests_what_the_autoscaler_scales_on():
     vlow, vhigh = cfg.sample.verify_concurrency
     assert 1 <= vlow < vhigh, "verifier actors scale on CPUs"
     assert cfg.ray.address is None and not cfg.ray.runtime_env, "the job's RAY_ADDRESS and runtime env decide"
+    assert cfg.dpo.use_gpu and cfg.reflogp.num_gpus >= 1, "reference log-probs of a 1.5B model on GPUs, not CPUs"
+    # policy and reference score the same tokens, and a sampled solution (512 tokens) plus its prompt fits
+    assert cfg.reflogp.max_length == cfg.dpo.max_length >= cfg.sample.max_new_tokens + 256
+    assert cfg.sft.checkpoint_every and cfg.dpo.checkpoint_every and cfg.sft.max_failures and cfg.dpo.max_failures
+    assert all(t.zero_stage == 2 and t.precision == "bf16" for t in (cfg.sft, cfg.dpo)) and cfg.sft.split == "sft"
 
 
 def test_paper_recipe_overrides_work_like_on_the_command_line():
