@@ -51,7 +51,7 @@ class TrainConfig(StrictModel):
     deepspeed: dict[str, Any] = Field(
         default_factory=dict,
         description="extra DeepSpeed config, deep-merged over the one built from these fields (e.g. zero_optimization"
-                    " bucket sizes); keys set from our own fields (batch sizes, clipping, precision, optimizer, ZeRO stage"
+                    " bucket sizes); keys set from our own fields (batch sizes, clipping, bf16.enabled, optimizer, ZeRO stage"
                     " and offload) are refused",
     )
     attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")
@@ -72,9 +72,10 @@ class TrainConfig(StrictModel):
     @classmethod
     def _own_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
         clash = [k for k in OWN_DS_KEYS if k in v]
-        clash += [f"zero_optimization.{k}" for k in OWN_ZERO_KEYS if k in (v.get("zero_optimization") or {})]
+        clash += [f"{section}.{k}" for section, keys in OWN_DS_SUBKEYS.items() for k in keys
+                  if isinstance(v.get(section), dict) and k in v[section]]
         if clash:
-            raise ValueError(f"{clash[0]} is set from hsdpo's own fields (see OWN_DS_KEYS in hsdpo/train/config.py);"
+            raise ValueError(f"{clash[0]} is set from hsdpo's own fields (OWN_DS_KEYS in hsdpo/train/config.py);"
                              " set those instead")
         return v
 
@@ -86,9 +87,11 @@ class TrainConfig(StrictModel):
 
 
 # DeepSpeed keys built from TrainConfig fields: an override would silently disagree with them
+# (fp16 is not offered: bf16 or fp32). Other keys of these sections, e.g. bf16.immediate_grad_update,
+# zero_optimization.reduce_bucket_size, are the user's.
 OWN_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
-               "gradient_clipping", "bf16", "fp16", "optimizer", "scheduler")
-OWN_ZERO_KEYS = ("stage", "offload_optimizer", "offload_param")
+               "gradient_clipping", "fp16", "optimizer", "scheduler")
+OWN_DS_SUBKEYS = {"zero_optimization": ("stage", "offload_optimizer", "offload_param"), "bf16": ("enabled",)}
 
 
 class SFTConfig(TrainConfig):

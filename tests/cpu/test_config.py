@@ -40,7 +40,8 @@ def test_no_file_gives_defaults():
         ("data: {sources: [{name: nope}]}\n", [], "bad config value at data.sources.0.name"),
         ("- a\n- b\n", [], "must hold a mapping"),
         ("a: [\n", [], "is not valid YAML"),
-        ("", ["dpo.deepspeed.bf16.enabled=false"], "bf16 is set from hsdpo's own fields"),
+        ("", ["dpo.deepspeed.bf16.enabled=false"], "bf16.enabled is set from hsdpo's own fields"),
+        ("", ["dpo.deepspeed.optimizer.type=Lamb"], "optimizer is set from hsdpo's own fields"),
         ("", ["sft.deepspeed.zero_optimization.stage=3"], "zero_optimization.stage is set from hsdpo's own fields"),
         ("", ["dpo.compile=true", "dpo.zero_stage=3"], "compile=true needs zero_stage 2"),
     ],
@@ -57,13 +58,14 @@ def test_deepspeed_extras_merge_into_the_built_config():
     from hsdpo.train.strategy import ds_config
 
     cfg = load_config(None, ["dpo.deepspeed.zero_optimization.reduce_bucket_size=1000",
-                             "dpo.deepspeed.wall_clock_breakdown=true", "dpo.max_grad_norm=0.5"])
+                             "dpo.deepspeed.wall_clock_breakdown=true", "dpo.deepspeed.bf16.immediate_grad_update=true",
+                             "dpo.max_grad_norm=0.5", "dpo.precision=bf16"])
     ds = ds_config(cfg.dpo, micro_batch=8, accum=2)
     assert ds["zero_optimization"]["reduce_bucket_size"] == 1000 and ds["wall_clock_breakdown"] is True
     # the rest of the section is kept, and our own fields still decide theirs
     assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["contiguous_gradients"] is True
     assert ds["gradient_clipping"] == 0.5 and ds["train_micro_batch_size_per_gpu"] == 8
-    assert cfg.dpo.deepspeed == {"zero_optimization": {"reduce_bucket_size": 1000}, "wall_clock_breakdown": True}
+    assert ds["bf16"] == {"enabled": True, "immediate_grad_update": True}
 
 
 def test_missing_file_names_path(tmp_path):
