@@ -255,6 +255,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
     task = Task(kind, t, rows, tokenizer)
     rows_per_forward = t.micro_batch_size * (2 if kind == "dpo" else 1)
     reporter = Reporter(spec.get("use_ray", False), spec.get("ckpt_dir"))
+    torch.manual_seed(t.seed)  # what the policy draws at build (LoRA's A): the same on every rank and run
     engine, start, history = build_and_resume(spec, t, model, rows_per_forward, accum, reporter)
     out_dir = spec.get("out_dir")
     log = MetricsLog(os.path.join(out_dir, "metrics.jsonl") if out_dir and rank == 0 else None, t, out_dir, history)

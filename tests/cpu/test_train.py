@@ -227,8 +227,8 @@ def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
 
     from hsdpo.train.dpo import run_dpo
 
-    cfg = with_overrides(run[0], ["dpo.output=dpo_lora", "dpo.lora.enabled=true", "dpo.lora.r=4",
-                                  "dpo.lora.target_modules=[q_proj, v_proj]", "dpo.lr=2e-2"])
+    cfg = with_overrides(run[0], ["dpo.output=dpo_lora", "dpo.lora.enabled=true", "dpo.lora.r=8", "dpo.lora.alpha=16",
+                                  "dpo.lora.target_modules=[q_proj, v_proj]"])
     run_dpo(cfg)
     hist = _history(cfg, "dpo_lora")
     assert hist[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)  # B = 0: policy starts as the reference
