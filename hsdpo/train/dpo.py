@@ -36,6 +36,8 @@ def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
             rejects.append({"reason": "empty_completion", "row": r["pair_id"]})
         elif not all(math.isfinite(float(r[k])) for k in ("weight", "ref_chosen_logp", "ref_rejected_logp")):
             rejects.append({"reason": "non_finite", "row": r["pair_id"]})
+        elif float(r["weight"]) < 0:  # would turn the preference around
+            rejects.append({"reason": "negative_weight", "row": r["pair_id"]})
         else:
             rows.append(r)
     rows.sort(key=lambda r: str(r["pair_id"]))  # file order is not stable; the data order must be

@@ -125,6 +125,44 @@ def test_chunked_logps_equal_full_logits(tiny_model_dir):
     assert n.tolist() == b.loss_mask[:, 1:].sum(-1).tolist()
 
 
+def test_a_batch_of_zero_weight_pairs_gives_zero_loss_and_gradient(tiny_model_dir):
+    from hsdpo.model import load_model, load_tokenizer
+    from hsdpo.train.config import DPOConfig
+    from hsdpo.train.tokenize import LogpModel
+    from hsdpo.train.worker import Task
+
+    tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="float32")
+    rows = [{"prompt": "Question: 3 and 4?\nAnswer: ", "chosen": "#### 7", "rejected": "#### 9", "weight": w,
+             "ref_chosen_logp": -5.0, "ref_rejected_logp": -6.0} for w in (0.0, 0.0, 2.0)]
+    task = Task("dpo", DPOConfig(beta=0.5, max_length=MAXLEN), rows, tok)
+    den = task.denominators([0, 1])
+    loss, m = task.micro_step(LogpModel(model, 16), [0, 1], den, 1 / 2, torch.device("cpu"))
+    loss.backward()
+    assert den["weight"] == 1.0 and loss.item() == 0.0 and math.isfinite(m["dpo_loss_unweighted"].item())
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())
+    loss, _ = task.micro_step(LogpModel(model, 16), [0, 2], task.denominators([0, 2]), 1 / 2, torch.device("cpu"))
+    assert loss.item() > 0  # a batch with any weight still counts
+
+
+def test_dpo_rows_count_unusable_pairs_as_rejects(run):
+    from hsdpo.train.dpo import dpo_rows
+
+    cfg = run[0]
+    good = read_rows(RunDir(cfg.run_dir).path("ref_logps"))[0]
+    bad = [{**good, "pair_id": "neg", "weight": -1.0}, {**good, "pair_id": "nan", "ref_chosen_logp": float("nan")},
+           {**good, "pair_id": "empty", "rejected": "  "}, {**good, "pair_id": "none", "chosen": None}]
+
+    def body(out: str) -> StageResult:
+        write_rows([good, *bad], out + "/pairs.parquet")
+        return StageResult("reflogp", "ref_bad", out, rows={"pairs": 5})
+
+    run_stage(cfg, stage="reflogp", output="ref_bad", inputs=[], sections=("seed",), body=body)
+    rows, rejects = dpo_rows(with_overrides(cfg, ["dpo.pairs_from=ref_bad"]))
+    assert [r["pair_id"] for r in rows] == [good["pair_id"]]
+    assert sorted((r["row"], r["reason"]) for r in rejects) == [
+        ("empty", "empty_completion"), ("nan", "non_finite"), ("neg", "negative_weight"), ("none", "missing_chosen")]
+
+
 # ---- stages ---------------------------------------------------------------------------------------
 
 def test_sft_from_scratch_trains_and_exports(run):
