@@ -5,8 +5,8 @@ Data order (deterministic, so 1 worker and 2 workers see the same global batches
 receives the *whole* table (Ray Data dataset, not split, rows sorted by their `_idx` column), and
 global batch s is rows `perm_e[i mod N]` for stream positions i = s*B .. s*B+B-1, where `perm_e`
 is a seeded permutation per epoch e = i // N. Rank r takes the r-th contiguous slice of the global
-batch, orders it by length (stable) and runs it in micro-batches, so a micro-batch pads to lengths
-close to its own. Losses are normalised by the *global* denominator (the batch's
+batch and runs it in micro-batches; when there are several, it first orders the slice by length
+(stable), so a micro-batch pads to lengths close to its own. Losses are normalised by the *global* denominator (the batch's
 weight sum for DPO, its completion-token count for SFT), and the backward loss is multiplied by
 `accum * world` to undo DeepSpeed's averaging, so the gradient equals the full-batch gradient for
 any worker count and micro-batch size. Resume needs only the step number.
@@ -214,9 +214,10 @@ def run_step(task: Task, engine, step: int, n: int, world: int, rank: int, devic
     idx = global_batch_indices(step, t.batch_size, n, t.seed)
     den = task.denominators(idx)
     per_rank = t.batch_size // world
-    # micro-batches of similar lengths pad less; the slice's gradient is a sum, so order does not change it
-    mine = sorted(idx[rank * per_rank:(rank + 1) * per_rank], key=task.length)
+    mine = idx[rank * per_rank:(rank + 1) * per_rank]
     accum = per_rank // t.micro_batch_size
+    if accum > 1:  # micro-batches of similar lengths pad less; the slice's gradient is a sum either way
+        mine = sorted(mine, key=task.length)
     sums: dict[str, torch.Tensor] = {}
     for a in range(accum):
         micro = mine[a * t.micro_batch_size:(a + 1) * t.micro_batch_size]
