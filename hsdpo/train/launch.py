@@ -55,6 +55,9 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
         raise ConfigError(f"{t.output}: batch_size {t.batch_size} is not a multiple of micro_batch_size"
                           f" {t.micro_batch_size} x num_workers {t.num_workers}")
     ds = ray.data.from_items([{**r, "_idx": i} for i, r in enumerate(rows)])
+    # each worker reads the whole table once, up front: a progress bar left open there would be
+    # re-drawn with every log line of the run (the worker executes with the dataset's context)
+    ds.context.enable_progress_bars = False
     spec = {"kind": kind, "cfg": t.model_dump(mode="json"), "model_path": model_path,
             "tokenizer_path": tokenizer_path, "out_dir": local_path(out_dir),
             "marker": f"{ckpt_root}/_injected_failure"}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -33,6 +34,13 @@ from hsdpo.train.tokenize import Encoded, LogpModel, collate, encode, pair_batch
 
 
 # ---- reporting: Ray Train when under it, else files only -----------------------------------------
+
+def say(message: str) -> None:
+    """One progress line on stdout. Not `print`: Ray Train patches it in workers to log *and* echo,
+    so every line reached the driver twice."""
+    sys.stdout.write(f"[hsdpo train] {message}\n")
+    sys.stdout.flush()
+
 
 class Reporter:
     def __init__(self, use_ray: bool, ckpt_dir: str | None):
@@ -101,7 +109,7 @@ class MetricsLog:
         if self.wandb:
             self.wandb.log(row, step=row["step"])
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-        print(f"[hsdpo train] {shown}", flush=True)
+        say(shown)
 
 
 # ---- data ----------------------------------------------------------------------------------------
@@ -119,11 +127,8 @@ def global_batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
 def load_rows(rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
     if rows is not None:
         return rows
-    import ray.data
     import ray.train
 
-    # the shard is read once, up front; a progress bar left open would be re-drawn with every log line
-    ray.data.DataContext.get_current().enable_progress_bars = False
     got = list(ray.train.get_dataset_shard("train").iter_rows())
     return sorted(got, key=lambda r: r["_idx"])
 
@@ -272,8 +277,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
     n_flop = flops_per_token(engine.module.model)
     peak = peak_flops(device) if t.use_gpu else None
     if rank == 0:
-        print(f"[hsdpo train] {kind}: {len(rows)} rows, {task.truncated} truncated, world {world}, "
-              f"accum {accum}, start step {start}", flush=True)
+        say(f"{kind}: {len(rows)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
     for step in range(start, t.steps):
         inject_failure(t, spec, step, rank)
         t0 = time.perf_counter()
@@ -325,7 +329,7 @@ def build_and_resume(spec: dict[str, Any], t: TrainConfig, model, rows_per_forwa
         engine = strategy.initialize(policy, t, rows_per_forward, accum, universal=universal)
         state = strategy.load_checkpoint(engine, d)
     if strategy.rank() == 0:
-        print(f"[hsdpo train] resumed at step {state['step']} (checkpoint from {state['world']} workers)", flush=True)
+        say(f"resumed at step {state['step']} (checkpoint from {state['world']} workers)")
     return engine, int(state["step"]), list(state.get("history", []))
 
 
