@@ -50,10 +50,10 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
 
     from hsdpo.train.worker import ray_train_loop
 
-    check_loggers(t)
+    check_loggers(kind, t)
     if t.batch_size % (t.micro_batch_size * t.num_workers):  # the workers check too; fail before they start
-        raise ConfigError(f"{t.output}: batch_size {t.batch_size} is not a multiple of micro_batch_size"
-                          f" {t.micro_batch_size} x num_workers {t.num_workers}")
+        raise ConfigError(f"{kind}.batch_size {t.batch_size} is not a multiple of {kind}.micro_batch_size"
+                          f" {t.micro_batch_size} x {kind}.num_workers {t.num_workers}")
     ds = ray.data.from_items([{**r, "_idx": i} for i, r in enumerate(rows)])
     # each worker reads the whole table once, up front: a progress bar left open there would be
     # re-drawn with every log line of the run (the worker executes with the dataset's context)
@@ -79,14 +79,14 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     return read_history(out_dir)
 
 
-def check_loggers(t: TrainConfig) -> None:
+def check_loggers(kind: str, t: TrainConfig) -> None:
     """Fail before any worker starts when a requested logger's package is missing."""
     import importlib.util
 
     for wanted, module, key in ((t.tensorboard, "tensorboard", "tensorboard=true"),
                                 (t.wandb_project, "wandb", "wandb_project")):
         if wanted and importlib.util.find_spec(module) is None:
-            raise InputError(f"{t.output}.{key} needs the {module} package: pip install 'hsdpo[{module}]'")
+            raise InputError(f"{kind}.{key} needs the {module} package: pip install 'hsdpo[{module}]'")
 
 
 def read_history(out_dir: str) -> list[dict[str, Any]]:

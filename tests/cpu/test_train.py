@@ -279,8 +279,8 @@ def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["dpo.wandb_project=hsdpo-test"], "hsdpo: dpo_bad.wandb_project needs the wandb package: pip install 'hsdpo[wandb]'"),
-    (["dpo.batch_size=6"], "hsdpo: dpo_bad: batch_size 6 is not a multiple of micro_batch_size 4 x num_workers 1"),
+    (["dpo.wandb_project=hsdpo-test"], "hsdpo: dpo.wandb_project needs the wandb package: pip install 'hsdpo[wandb]'"),
+    (["dpo.batch_size=6"], "hsdpo: dpo.batch_size 6 is not a multiple of dpo.micro_batch_size 4 x dpo.num_workers 1"),
 ])
 def test_bad_training_settings_fail_on_one_line_before_any_worker(run, tmp_path, capsys, overrides, message):
     import importlib.util
