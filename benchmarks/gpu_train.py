@@ -224,6 +224,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary of a tiny preset")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the hsdpo run")
     ap.add_argument("--skip-plain", action="store_true")
+    ap.add_argument("--skip-default", action="store_true", help="no default hsdpo row (only --variant rows)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:JSON",
                     help="an extra hsdpo row with these DPOConfig field changes (repeatable)")
     ap.add_argument("--profile", type=int, default=0, metavar="K", help="also profile K steps of plain and hsdpo")
@@ -246,7 +247,8 @@ def main() -> None:
 
     if not args.skip_plain:
         add(run_plain(args, args.device, pairs))
-    add(run_hsdpo(args, args.device, pairs))
+    if not args.skip_default:
+        add(run_hsdpo(args, args.device, pairs))
     for name, changes in variants:
         try:
             add(run_hsdpo(args, args.device, pairs, name=f"hsdpo {name}", changes=changes))
