@@ -15,7 +15,7 @@ import json
 import shutil
 from typing import Any
 
-from hsdpo.config import ConfigError, InputError, PipelineConfig
+from hsdpo.config import InputError, PipelineConfig
 from hsdpo.rundir import RunDir, local_path
 from hsdpo.stage import log
 from hsdpo.train.config import TrainConfig
@@ -48,12 +48,10 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from hsdpo.train.worker import ray_train_loop
+    from hsdpo.train.worker import check_batching, ray_train_loop
 
     check_loggers(kind, t)
-    if t.batch_size % (t.micro_batch_size * t.num_workers):  # the workers check too; fail before they start
-        raise ConfigError(f"{kind}.batch_size {t.batch_size} is not a multiple of {kind}.micro_batch_size"
-                          f" {t.micro_batch_size} x {kind}.num_workers {t.num_workers}")
+    check_batching(kind, t, t.num_workers)
     ds = ray.data.from_items([{**r, "_idx": i} for i, r in enumerate(rows)])
     # each worker reads the whole table once, up front: a progress bar left open there would be
     # re-drawn with every log line of the run (the worker executes with the dataset's context)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from hsdpo.config import ConfigError
 from hsdpo.train import strategy
 from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
 from hsdpo.train.losses import sft_loss, weighted_dpo_loss
@@ -240,10 +241,11 @@ def reduce_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(keys, flat.cpu().tolist()))
 
 
-def check_batching(t: TrainConfig, world: int) -> int:
+def check_batching(kind: str, t: TrainConfig, world: int) -> int:
+    """Gradient accumulation steps; the driver calls it too, so a mismatch fails before workers start."""
     if t.batch_size % (t.micro_batch_size * world):
-        raise ValueError(f"batch_size {t.batch_size} is not a multiple of micro_batch_size {t.micro_batch_size}"
-                         f" x num_workers {world}")
+        raise ConfigError(f"{kind}.batch_size {t.batch_size} is not a multiple of {kind}.micro_batch_size"
+                          f" {t.micro_batch_size} x {kind}.num_workers {world}")
     return t.batch_size // (t.micro_batch_size * world)
 
 
@@ -261,7 +263,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
     strategy.init_distributed(t.use_gpu)
     world, rank = strategy.world_size(), strategy.rank()
     device = torch.device(f"cuda:{torch.cuda.current_device()}") if t.use_gpu else torch.device("cpu")
-    accum = check_batching(t, world)
+    accum = check_batching(kind, t, world)
     if tokenizer is None:
         from hsdpo.model import load_tokenizer
 
