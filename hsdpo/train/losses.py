@@ -10,7 +10,8 @@ Worked example (the test asserts it). beta = 1, two pairs, weights w = (1, 3):
     rewards: chosen = beta (pi_c - ref_c) = (0, -1), rejected = (-1, 0); accuracy = (1 + 0) / 2
 
 `denominator` lets a data-parallel step divide by the weight sum of the *global* batch rather than
-of the micro-batch, so that micro-batching and worker count leave the gradient unchanged.
+of the micro-batch, so that micro-batching and worker count leave the gradient unchanged. A zero
+denominator (every pair weighs 0) divides by 1 instead: zero loss and zero gradient, not 0/0 = NaN.
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def weighted_dpo_loss(
     margins = chosen_rewards - rejected_rewards  # [B]
     per_pair = -F.logsigmoid(margins)  # [B]
     weights = weights.to(per_pair.dtype)
-    denom = weights.sum() if denominator is None else denominator
+    denom = weights.sum() if denominator is None else torch.as_tensor(denominator, dtype=per_pair.dtype,
+                                                                      device=per_pair.device)
+    denom = torch.where(denom == 0, torch.ones_like(denom), denom)  # all weights 0: a zero step, not NaN
     dpo = (weights * per_pair).sum() / denom
     loss = dpo
     if nll_coef and chosen_nll is not None:

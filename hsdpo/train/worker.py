@@ -180,8 +180,8 @@ class Task:
 
     def denominators(self, idx: list[int]) -> dict[str, float]:
         if self.kind == "dpo":
-            # a batch of zero-weight pairs contributes nothing: 0 / 1, not 0 / 0 (NaN weights everywhere)
-            return {"weight": sum(self.weights[i] for i in idx) or 1.0,
+            # a batch of zero-weight pairs has weight 0; the loss then divides by 1 (a zero step)
+            return {"weight": sum(self.weights[i] for i in idx),
                     "chosen_tokens": sum(self.completion_tokens(self.items[i][0]) for i in idx)}
         return {"tokens": sum(self.completion_tokens(self.items[i]) for i in idx)}
 

@@ -58,6 +58,17 @@ def test_zero_weight_pair_gets_zero_gradient():
     assert pc.grad[0].item() != 0.0 and pc.grad[2].item() != 0.0
 
 
+@pytest.mark.parametrize("denominator", [None, 0.0])
+def test_all_zero_weights_give_a_zero_step_not_nan(denominator):
+    pc = t(-1.0, -2.0).requires_grad_()
+    pr = t(-2.0, -1.0).requires_grad_()
+    loss, m = weighted_dpo_loss(pc, pr, t(-1, -1), t(-1, -1), t(0.0, 0.0), beta=0.3, denominator=denominator)
+    loss.backward()
+    assert loss.item() == 0.0 and m["dpo_loss"].item() == 0.0
+    assert pc.grad.tolist() == [0.0, 0.0] and pr.grad.tolist() == [0.0, 0.0]
+    assert math.isfinite(m["dpo_loss_unweighted"].item())
+
+
 def test_nll_term_and_global_denominator():
     args = (t(-1.0), t(-2.0), t(-1.0), t(-1.0), t(2.0))
     base, _ = weighted_dpo_loss(*args, beta=1.0)

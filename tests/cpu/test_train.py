@@ -138,7 +138,7 @@ def test_a_batch_of_zero_weight_pairs_gives_zero_loss_and_gradient(tiny_model_di
     den = task.denominators([0, 1])
     loss, m = task.micro_step(LogpModel(model, 16), [0, 1], den, 1 / 2, torch.device("cpu"))
     loss.backward()
-    assert den["weight"] == 1.0 and loss.item() == 0.0 and math.isfinite(m["dpo_loss_unweighted"].item())
+    assert den["weight"] == 0.0 and loss.item() == 0.0 and math.isfinite(m["dpo_loss_unweighted"].item())
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     loss, _ = task.micro_step(LogpModel(model, 16), [0, 2], task.denominators([0, 2]), 1 / 2, torch.device("cpu"))
     assert loss.item() > 0  # a batch with any weight still counts
