@@ -95,18 +95,26 @@ def build_model(preset: str, tokenizer, max_position_embeddings: int = 1024, see
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """From a hub id, a local folder or a folder URI (fetched to a local cache first)."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    from hsdpo.rundir import fetch_dir
+
+    tok = AutoTokenizer.from_pretrained(fetch_dir(name_or_path), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_model(name_or_path: str, trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None):
+def load_model(name_or_path: str, trust_remote_code: bool = False, dtype: str = "auto", device: str | None = None,
+               **kwargs):
+    """From a hub id, a local folder or a folder URI (fetched to a local cache first)."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, dtype=dtype)
+    from hsdpo.rundir import fetch_dir
+
+    model = AutoModelForCausalLM.from_pretrained(fetch_dir(name_or_path), trust_remote_code=trust_remote_code,
+                                                 dtype=dtype, **kwargs)
     return model.to(device) if device else model
 
 

@@ -4,13 +4,22 @@ A stage is *done* when its manifest exists with status "complete", its config ha
 current config, and the input-manifest hashes it recorded match the inputs' manifests now. A
 stage that starts clears whatever a killed earlier attempt left in its folder, so a re-run never
 duplicates or mixes rows. `run_dir` is a local path or any fsspec URI (s3://, gs://).
+
+Tables go through fsspec directly. Model folders do not: transformers, DeepSpeed and TensorBoard
+write and read local files. So a process that loads a model from a URI loads a local copy
+(`fetch_dir`, downloaded once a machine into a cache), and a stage that writes a model or logs
+writes them into a local folder that is copied to the URI when it is complete (`local_dir`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import posixpath
+import shutil
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -33,9 +42,104 @@ def join(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *parts])
 
 
+def is_uri(path: str) -> bool:
+    return "://" in path
+
+
 def local_path(path: str) -> str:
     """Absolute form of a local path; URIs pass through (Ray workers resolve both the same)."""
-    return path if "://" in path else os.path.abspath(path)
+    return path if is_uri(path) else os.path.abspath(path)
+
+
+def cache_root() -> str:
+    """Where `fetch_dir` keeps its copies: $HSDPO_CACHE, else ~/.cache/hsdpo."""
+    return os.environ.get("HSDPO_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "hsdpo")
+
+
+def _version(info: dict[str, Any]) -> str:
+    """What changes when a file is rewritten: its ETag (S3), generation / md5 (GCS) or mtime."""
+    for key in ("ETag", "etag", "generation", "md5Hash", "mtime", "LastModified", "updated", "created"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return ""
+
+
+def fetch_dir(path: str) -> str:
+    """A local folder holding the files of folder `path`: `path` itself when it is local; for a URI,
+    a copy under `<cache_root>/fetched/<key>/`, downloaded once a machine. The key hashes the URI
+    and every file's name, size and version, so a folder rewritten by a re-run stage is fetched anew.
+    Processes fetching at once (sampler actors on one node) each download into a private folder;
+    the first rename wins and the others drop theirs."""
+    if not is_uri(path):
+        return path
+    fs, root = _fs(path)
+    root = root.rstrip("/")
+    files = {name: info for name, info in fs.find(root, detail=True).items() if info.get("type") != "directory"}
+    if not files:
+        raise FileNotFoundError(f"{path}: no such folder, or it is empty")
+    listing = sorted((posixpath.relpath(name, root), info.get("size"), _version(info))
+                     for name, info in files.items())
+    key = hashlib.sha256(json.dumps([path, listing]).encode()).hexdigest()[:20]
+    dest = os.path.join(cache_root(), "fetched", key)
+    if os.path.isdir(dest):
+        return dest
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f"{key}.part-", dir=os.path.dirname(dest))
+    try:
+        for rel, _, _ in listing:
+            target = os.path.join(tmp, *rel.split("/"))
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            fs.get_file(f"{root}/{rel}", target)
+        os.rename(tmp, dest)
+    except OSError:
+        if not os.path.isdir(dest):
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename; a loser's copy otherwise
+    return dest
+
+
+def push_dir(local: str, path: str) -> list[str]:
+    """Copy every file under folder `local` to folder `path` (a URI or a local path), file by file:
+    the same result on every filesystem, whatever its rules for copying folders. Returns the
+    relative names copied."""
+    fs, root = _fs(path)
+    root = root.rstrip("/")
+    copied = []
+    for dirpath, _, names in os.walk(local):
+        for name in sorted(names):
+            src = os.path.join(dirpath, name)
+            rel = os.path.relpath(src, local).replace(os.sep, "/")
+            dst = f"{root}/{rel}"
+            fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+            fs.put_file(src, dst)
+            copied.append(rel)
+    return copied
+
+
+@contextlib.contextmanager
+def local_dir(path: str, push: bool = True) -> Iterator[str]:
+    """A local folder to write `path`'s contents into: `path` itself when local; for a URI, a
+    temporary folder copied to `path` when the block ends without an error (and `push`), then
+    removed. A failed block copies nothing: the stage folder holds no half-written model."""
+    if not is_uri(path):
+        os.makedirs(path, exist_ok=True)
+        yield path
+        return
+    tmp = tempfile.mkdtemp(prefix="hsdpo-out-")
+    try:
+        yield tmp
+        if push:
+            push_dir(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove(path: str) -> None:
+    """Remove a file or folder, local or URI; nothing when it does not exist."""
+    fs, p = _fs(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
 
 
 @dataclass

@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
 from hsdpo.eval.metrics import format_comparison, summarize
 from hsdpo.eval.report import ReportInputs, write_report
-from hsdpo.rundir import RunDir, StageResult, _fs, join, write_json_atomic
+from hsdpo.rundir import RunDir, StageResult, _fs, join, local_dir, write_json_atomic
 from hsdpo.stage import log, read_rows
 
 MAX_NEGATIVES_PLOTTED = 5000
@@ -141,14 +140,8 @@ def report_inputs(cfg: PipelineConfig) -> ReportInputs:
 
 def write_outputs(out: str, summary: dict[str, Any], inputs: ReportInputs, title: str, plots: bool) -> list[str]:
     """summary.json and report.md (+ PNGs); the report is drawn locally and copied to a URI run dir."""
-    if "://" not in out:
-        files = write_report(out, summary, inputs, title=title, plots=plots)
-    else:
-        with tempfile.TemporaryDirectory() as tmp:
-            files = write_report(tmp, summary, inputs, title=title, plots=plots)
-            fs, p = _fs(out)
-            for name in files:
-                fs.put(os.path.join(tmp, name), f"{p}/{name}")
+    with local_dir(out) as d:
+        files = write_report(d, summary, inputs, title=title, plots=plots)
     summary["report"] = {"markdown": "report.md", "files": files}
     write_json_atomic(join(out, "summary.json"), summary)
     return files

@@ -97,6 +97,9 @@ class HFSampler:
                  crash_once_marker: str | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from hsdpo.rundir import fetch_dir
+
+        model_path = fetch_dir(model_path)  # a URI: this node's cached copy
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -53,6 +53,18 @@ def sampling_params(cfg: SampleConfig, temperature: float) -> dict[str, Any]:
     return dict(temperature=temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, stop=list(cfg.stop_strings))
 
 
+def vllm_model_source(model_path: str) -> str:
+    """What the processor loads: a hub id or local folder as is, and s3:// gs:// abfss:// folders as
+    is too (ray.data.llm downloads those on each engine's node); a file:// URI is a local folder."""
+    if model_path.startswith("file://"):
+        return model_path[len("file://"):]
+    scheme = model_path.split("://", 1)[0] if "://" in model_path else None
+    if scheme not in (None, "s3", "gs", "abfss"):
+        raise ConfigError(f"sample.backend=vllm loads models from a hub id, a local path or s3:// gs:// abfss://;"
+                          f" {model_path!r} is on {scheme}://")
+    return model_path
+
+
 def apply_vllm(ds: "Dataset", model_path: str, cfg: SampleConfig, *, temperature: float,
                columns: list[str]) -> "Dataset":
     """Rows with `prompt` and `seed` -> the same rows plus `completion, finish_reason, num_tokens, error`."""
@@ -60,7 +72,7 @@ def apply_vllm(ds: "Dataset", model_path: str, cfg: SampleConfig, *, temperature
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     config = vLLMEngineProcessorConfig(
-        model_source=model_path,
+        model_source=vllm_model_source(model_path),
         engine_kwargs=engine_kwargs(cfg),
         batch_size=cfg.batch_size,
         concurrency=cfg.concurrency,

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
-from hsdpo.rundir import RunDir, local_path
+from hsdpo.rundir import RunDir, _fs, join, local_path, remove
 from hsdpo.stage import log
 from hsdpo.train.config import TrainConfig
 
@@ -38,7 +37,7 @@ def checkpoint_root(cfg: PipelineConfig, t: TrainConfig, inputs: list[str]) -> s
 
 
 def clear_checkpoints(root: str) -> None:
-    shutil.rmtree(root, ignore_errors=True)
+    remove(root)
 
 
 def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: str, tokenizer_path: str,
@@ -88,7 +87,8 @@ def check_loggers(kind: str, t: TrainConfig) -> None:
 
 
 def read_history(out_dir: str) -> list[dict[str, Any]]:
-    with open(f"{local_path(out_dir)}/metrics.jsonl") as f:
+    fs, p = _fs(join(local_path(out_dir), "metrics.jsonl"))
+    with fs.open(p, "r") as f:
         return [json.loads(line) for line in f if line.strip()]
 
 

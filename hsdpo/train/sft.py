@@ -21,7 +21,7 @@ from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
 from hsdpo.prompts import format_completion, format_prompt
 from hsdpo.rayutil import init_ray
-from hsdpo.rundir import RunDir, StageResult, join
+from hsdpo.rundir import RunDir, StageResult, join, local_dir
 from hsdpo.stage import read_rows, run_stage, write_rejects
 from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, summary
 
@@ -62,8 +62,9 @@ def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str) -> 
 
     init = join(out, "_init")
     corpus = [r["prompt"] + r["completion"] for r in rows]
-    tok = build_tokenizer(corpus, init, cfg=m.build_tokenizer)
-    build_model(m.preset, tok, m.max_position_embeddings, seed=cfg.seed).save_pretrained(init)
+    with local_dir(init) as d:  # a URI: built here, copied there; the workers fetch it
+        tok = build_tokenizer(corpus, d, cfg=m.build_tokenizer)
+        build_model(m.preset, tok, m.max_position_embeddings, seed=cfg.seed).save_pretrained(d)
     return init, init
 
 

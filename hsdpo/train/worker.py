@@ -17,6 +17,7 @@ step itself has no host sync.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -27,6 +28,7 @@ from typing import Any
 import torch
 
 from hsdpo.config import ConfigError
+from hsdpo.rundir import _fs, local_dir
 from hsdpo.train import strategy
 from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
 from hsdpo.train.losses import sft_loss, weighted_dpo_loss
@@ -112,6 +114,13 @@ class MetricsLog:
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         say(shown)
 
+    def close(self) -> None:
+        """Flush the event files (TensorBoard) and end the W&B run."""
+        if self.tb:
+            self.tb.close()
+        if self.wandb:
+            self.wandb.finish()
+
 
 # ---- data ----------------------------------------------------------------------------------------
 
@@ -137,11 +146,10 @@ def load_rows(rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
 # ---- model ---------------------------------------------------------------------------------------
 
 def build_policy(spec: dict[str, Any], t: TrainConfig, model=None) -> torch.nn.Module:
-    from transformers import AutoModelForCausalLM
-
     if model is None:
-        model = AutoModelForCausalLM.from_pretrained(spec["model_path"], dtype=torch.float32,
-                                                     attn_implementation=t.attn_implementation)
+        from hsdpo.model import load_model
+
+        model = load_model(spec["model_path"], dtype=torch.float32, attn_implementation=t.attn_implementation)
     model.config.use_cache = False
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -274,34 +282,38 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
     reporter = Reporter(spec.get("use_ray", False), spec.get("ckpt_dir"))
     torch.manual_seed(t.seed)  # what the policy draws at build (LoRA's A): the same on every rank and run
     engine, start, history = build_and_resume(spec, t, model, rows_per_forward, accum, reporter)
-    out_dir = spec.get("out_dir")
-    log = MetricsLog(os.path.join(out_dir, "metrics.jsonl") if out_dir and rank == 0 else None, t, out_dir, history)
-    n_flop = flops_per_token(engine.module.model)
-    peak = peak_flops(device) if t.use_gpu else None
-    if rank == 0:
-        say(f"{kind}: {len(rows)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
-    for step in range(start, t.steps):
-        inject_failure(t, spec, step, rank)
-        t0 = time.perf_counter()
-        lr = engine.optimizer.param_groups[0]["lr"]
-        sums, tokens = run_step(task, engine, step, len(rows), world, rank, device)
-        done = step + 1
-        ckpt = bool(t.checkpoint_every) and done % t.checkpoint_every == 0 and done < t.steps
-        if done % t.log_every == 0 or done == t.steps or ckpt:
-            row = reduce_metrics(sums)  # syncs the device once
-            dt = time.perf_counter() - t0
-            row.update(step=done, lr=lr, grad_norm=float(engine.get_global_grad_norm() or 0.0),
-                       tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
-            row["mfu"] = (n_flop * tokens / dt / (peak * world)) if peak else None
-            log.add(row)
-            state = {"step": done, "world": world, "history": log.history}
-            reporter.report(row, engine if ckpt else None, done, state)
-    if rank == 0 and out_dir:
-        write_engine_info(os.path.join(out_dir, "engine.json"), engine, world, accum)
-    if spec.get("export", True):
-        strategy.export_hf(engine, os.path.join(out_dir, "model"), spec.get("model_path"), tokenizer,
-                           t.lora.enabled)
-    return log.history
+    # a URI stage folder is written in a local one on rank 0, copied there once the run is complete
+    out_uri = spec.get("out_dir")
+    with local_dir(out_uri, push=rank == 0) if out_uri else contextlib.nullcontext() as out_dir:
+        log = MetricsLog(os.path.join(out_dir, "metrics.jsonl") if out_dir and rank == 0 else None, t, out_dir,
+                         history)
+        n_flop = flops_per_token(engine.module.model)
+        peak = peak_flops(device) if t.use_gpu else None
+        if rank == 0:
+            say(f"{kind}: {len(rows)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
+        for step in range(start, t.steps):
+            inject_failure(t, spec, step, rank)
+            t0 = time.perf_counter()
+            lr = engine.optimizer.param_groups[0]["lr"]
+            sums, tokens = run_step(task, engine, step, len(rows), world, rank, device)
+            done = step + 1
+            ckpt = bool(t.checkpoint_every) and done % t.checkpoint_every == 0 and done < t.steps
+            if done % t.log_every == 0 or done == t.steps or ckpt:
+                row = reduce_metrics(sums)  # syncs the device once
+                dt = time.perf_counter() - t0
+                row.update(step=done, lr=lr, grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                           tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
+                row["mfu"] = (n_flop * tokens / dt / (peak * world)) if peak else None
+                log.add(row)
+                state = {"step": done, "world": world, "history": log.history}
+                reporter.report(row, engine if ckpt else None, done, state)
+        log.close()
+        if rank == 0 and out_dir:
+            write_engine_info(os.path.join(out_dir, "engine.json"), engine, world, accum)
+        if spec.get("export", True):
+            strategy.export_hf(engine, os.path.join(out_dir, "model"), spec.get("model_path"), tokenizer,
+                               t.lora.enabled)
+        return log.history
 
 
 def write_engine_info(path: str, engine, world: int, accum: int) -> None:
@@ -340,10 +352,11 @@ def inject_failure(t: TrainConfig, spec: dict[str, Any], step: int, rank: int) -
     marker = spec.get("marker")
     if t.fail_at_step is None or step + 1 != t.fail_at_step or rank != 0 or not marker:
         return
-    if os.path.exists(marker):
+    fs, path = _fs(marker)  # beside the checkpoints: local or a URI
+    if fs.exists(path):
         return
-    os.makedirs(os.path.dirname(marker), exist_ok=True)
-    open(marker, "w").close()
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.touch(path)
     raise RuntimeError(f"injected failure at step {t.fail_at_step} (fail_at_step, a testing aid)")
 
 

@@ -110,7 +110,8 @@ def ray_head():
     token = secrets.token_hex(24)
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
-           "HSDPO_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
+           "HSDPO_PROGRESS": "0", "TOKENIZERS_PARALLELISM": "false", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+           "HSDPO_CACHE": os.path.join(temp_dir, "cache")}  # models fetched from a URI run dir
     env.pop("RAY_ADDRESS", None)
     cmd, dashboard_port = head_command(temp_dir)
     log = Path(temp_dir) / "ray-start.log"
@@ -167,9 +168,11 @@ MODEL_KEYS = {"accuracy", "n", "correct", "missing", "by_source", "by_steps", "n
 def test_the_smoke_pipeline_runs_as_one_ray_job(ray_head, tmp_path):
     """End to end as a user runs it on a cluster: every stage of the demo recipe at toy size in one
     `ray job submit`. Checks summary.json's schema, the per-model samples, the report's files, and
-    that a second submission reuses every finished stage."""
+    that a second submission reuses every finished stage. The run dir is given as a URI, as on a
+    cluster (`s3://...`): every model is then written locally, copied there, and fetched back."""
     run_dir = tmp_path / "run"
-    submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={run_dir}"], timeout=900)
+    uri = f"file://{run_dir}"
+    submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={uri}"], timeout=900)
     out = run_dir / "eval"
     summary = json.loads((out / "summary.json").read_text())
     assert summary["model_order"] == list(SMOKE_MODELS)
@@ -192,6 +195,8 @@ def test_the_smoke_pipeline_runs_as_one_ray_job(ray_head, tmp_path):
 
     manifests = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
     assert {"problems", "sft", "samples", "pairs", "ref_logps", "dpo", "weighted_dpo", "rft", "eval"} <= set(manifests)
-    proc = submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={run_dir}"], timeout=300)
+    for stage in ("sft", "dpo", "weighted_dpo", "rft"):  # models and logs reached the run dir
+        assert (run_dir / stage / "model" / "model.safetensors").exists() and (run_dir / stage / "metrics.jsonl").exists()
+    proc = submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={uri}"], timeout=300)
     again = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
     assert again == manifests, (proc.stdout + proc.stderr)[-3000:]  # the second run reuses every stage

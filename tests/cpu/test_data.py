@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import random
 import re
 import subprocess
 import sys
 from fractions import Fraction
 from pathlib import Path
-
-import pytest
 
 from hsdpo.config import load_config
 from hsdpo.data.config import SourceConfig, SyntheticConfig

@@ -163,6 +163,17 @@ def test_vllm_output_maps_to_the_samples_schema():
     assert list(out["num_tokens"]) == [5, 8, 0] and out["error"][2] == "CUDA error"
 
 
+def test_vllm_model_source_from_a_uri_run_dir():
+    from hsdpo.config import ConfigError
+    from hsdpo.sampling.vllm import vllm_model_source
+
+    assert vllm_model_source("file:///runs/x/sft/model") == "/runs/x/sft/model"
+    for source in ("s3://b/runs/x/sft/model", "gs://b/m", "Qwen/Qwen2.5-1.5B", "/local/model"):
+        assert vllm_model_source(source) == source  # ray.data.llm downloads the bucket ones itself
+    with pytest.raises(ConfigError, match="hdfs://"):
+        vllm_model_source("hdfs://nn/runs/x/sft/model")
+
+
 def test_pairs_from_real_samples(sampled):
     """`pairs` on the verified samples: a random model is never right, so every pair falls back to gold."""
     from hsdpo.pairs_stage import run_pairs

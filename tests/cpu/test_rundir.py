@@ -1,0 +1,91 @@
+"""Run directories on a URI: model folders are fetched to a local cache and stage folders are written
+locally, then copied. fsspec's `memory://` filesystem stands in for an object store here (no real
+folders, keys only); the smoke pipeline test runs every stage against a `file://` run dir."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from hsdpo.rundir import fetch_dir, local_dir, push_dir
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "cache"
+    monkeypatch.setenv("HSDPO_CACHE", str(root))
+    return root
+
+
+@pytest.fixture
+def bucket() -> str:
+    return f"memory://bucket-{uuid.uuid4().hex[:8]}"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _folder(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "config.json").write_text('{"a": 1}')
+    (src / "sub" / "weights.bin").write_bytes(os.urandom(1000))
+    (src / "sub" / "deeper" / "x.txt").write_text("x")
+    return src
+
+
+def test_push_then_fetch_round_trips_a_nested_folder_once_a_machine(tmp_path, cache, bucket):
+    src = _folder(tmp_path)
+    assert sorted(push_dir(str(src), f"{bucket}/run/sft/model")) == ["config.json", "sub/deeper/x.txt", "sub/weights.bin"]
+    local = fetch_dir(f"{bucket}/run/sft/model")
+    assert Path(local).is_relative_to(cache) and _tree(Path(local)) == _tree(src)
+    (Path(local) / "marker").write_text("kept")  # a second fetch of the same files reuses the copy
+    assert fetch_dir(f"{bucket}/run/sft/model") == local and (Path(local) / "marker").exists()
+    assert not [p for p in (cache / "fetched").iterdir() if ".part-" in p.name]  # no download left behind
+
+
+def test_a_rewritten_folder_is_fetched_anew(tmp_path, cache, bucket):
+    src = _folder(tmp_path)
+    push_dir(str(src), f"{bucket}/m")
+    first = fetch_dir(f"{bucket}/m")
+    (src / "config.json").write_text('{"a": 2, "b": 3}')  # a re-run stage wrote another model
+    push_dir(str(src), f"{bucket}/m")
+    second = fetch_dir(f"{bucket}/m")
+    assert second != first and (Path(second) / "config.json").read_text() == '{"a": 2, "b": 3}'
+
+
+def test_local_paths_pass_through_and_a_missing_uri_names_itself(tmp_path, cache, bucket):
+    assert fetch_dir(str(tmp_path)) == str(tmp_path)
+    assert fetch_dir("Qwen/Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"  # hub ids are not URIs
+    with pytest.raises(FileNotFoundError, match=f"{bucket}/nothing"):
+        fetch_dir(f"{bucket}/nothing")
+
+
+def test_local_dir_copies_a_finished_block_and_nothing_of_a_failed_one(bucket):
+    fs = fsspec.filesystem("memory")
+    with local_dir(f"{bucket}/done") as d:
+        Path(d, "model").mkdir()
+        Path(d, "model", "w.bin").write_bytes(b"123")
+    assert fs.cat(f"{bucket}/done/model/w.bin") == b"123" and not os.path.exists(d)
+    with pytest.raises(RuntimeError):
+        with local_dir(f"{bucket}/failed") as d:
+            Path(d, "half.bin").write_bytes(b"1")
+            raise RuntimeError("training died")
+    assert not fs.exists(f"{bucket}/failed/half.bin") and not os.path.exists(d)
+
+
+def test_a_model_on_a_uri_loads_and_generates(tiny_model_dir, cache, bucket):
+    from hsdpo.model import load_model, load_tokenizer, resolve_model_path
+
+    push_dir(str(tiny_model_dir), f"{bucket}/run/sft/model")
+    path = resolve_model_path(f"{bucket}/run", "sft")
+    assert path == f"{bucket}/run/sft/model"
+    tok, model = load_tokenizer(path), load_model(path, dtype="float32")
+    ids = tok("Question: 1 + 2?\nAnswer: ", return_tensors="pt")
+    out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 3
