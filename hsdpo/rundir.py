@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import fsspec
+from filelock import FileLock
 
 from hsdpo import __version__
 
@@ -68,8 +69,9 @@ def fetch_dir(path: str) -> str:
     """A local folder holding the files of folder `path`: `path` itself when it is local; for a URI,
     a copy under `<cache_root>/fetched/<key>/`, downloaded once a machine. The key hashes the URI
     and every file's name, size and version, so a folder rewritten by a re-run stage is fetched anew.
-    Processes fetching at once (sampler actors on one node) each download into a private folder;
-    the first rename wins and the others drop theirs."""
+    Processes fetching at once (8 trainer ranks or sampler actors on one node) take turns on a lock
+    file: the first downloads (into a private folder, renamed when complete), the others wait and
+    find the copy."""
     if not is_uri(path):
         return path
     fs, root = _fs(path)
@@ -84,18 +86,18 @@ def fetch_dir(path: str) -> str:
     if os.path.isdir(dest):
         return dest
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f"{key}.part-", dir=os.path.dirname(dest))
-    try:
-        for rel, _, _ in listing:
-            target = os.path.join(tmp, *rel.split("/"))
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            fs.get_file(f"{root}/{rel}", target)
-        os.rename(tmp, dest)
-    except OSError:
-        if not os.path.isdir(dest):
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # gone after a successful rename; a loser's copy otherwise
+    with FileLock(f"{dest}.lock"):
+        if os.path.isdir(dest):  # another process fetched it while this one waited
+            return dest
+        tmp = tempfile.mkdtemp(prefix=f"{key}.part-", dir=os.path.dirname(dest))
+        try:
+            for rel, _, _ in listing:
+                target = os.path.join(tmp, *rel.split("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                fs.get_file(f"{root}/{rel}", target)
+            os.rename(tmp, dest)  # complete or absent: a killed download leaves only a .part- folder
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 

@@ -89,3 +89,25 @@ def test_a_model_on_a_uri_loads_and_generates(tiny_model_dir, cache, bucket):
     ids = tok("Question: 1 + 2?\nAnswer: ", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=3, do_sample=False, pad_token_id=tok.pad_token_id)
     assert out.shape[1] == ids["input_ids"].shape[1] + 3
+
+
+def test_processes_fetching_at_once_download_once(tmp_path, cache, monkeypatch):
+    """Four fetchers of one model (say the trainer ranks of a node) at once: one download, one copy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    src = _folder(tmp_path)
+    downloads = []
+    real_get_file = LocalFileSystem.get_file
+
+    def counted(self, rpath, lpath, **kw):
+        downloads.append(rpath)
+        return real_get_file(self, rpath, lpath, **kw)
+
+    monkeypatch.setattr(LocalFileSystem, "get_file", counted)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda _: fetch_dir(f"file://{src}"), range(4)))
+    assert len(set(got)) == 1 and _tree(Path(got[0])) == _tree(src)
+    assert len(downloads) == 3  # each of the three files once
+    assert sorted(p.name for p in (cache / "fetched").iterdir() if p.is_dir()) == [Path(got[0]).name]
