@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 from typing import Any, Iterator
+
+import fsspec
 
 from hsdpo.data.config import SourceConfig
 from hsdpo.data.synthetic import generate
@@ -24,11 +25,12 @@ Reject = dict[str, Any]
 
 
 def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
-    """JSONL (one object a line) or a JSON array. A bad line is yielded as a reject, not raised."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"data file not found: {p}")
-    with p.open(encoding="utf-8", errors="replace") as f:
+    """JSONL (one object a line) or a JSON array, a local path or a URI (s3://, gs://). A bad line
+    is yielded as a reject, not raised."""
+    fs, p = fsspec.core.url_to_fs(path)
+    if not fs.isfile(p):
+        raise FileNotFoundError(f"data file not found: {path}")
+    with fs.open(p, "r", encoding="utf-8", errors="replace") as f:
         head = f.read(1)
         while head and head.isspace():
             head = f.read(1)
@@ -37,7 +39,7 @@ def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
             try:
                 records = json.load(f)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{p} is not valid JSON: {err.msg} at line {err.lineno}") from None
+                raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
             for rec in records:
                 yield rec if isinstance(rec, dict) else {"__reject__": "not_an_object", "row": rec}
             return

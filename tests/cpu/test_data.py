@@ -9,6 +9,8 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+import pytest
+
 from hsdpo.config import load_config
 from hsdpo.data.config import SourceConfig, SyntheticConfig
 from hsdpo.data.sources import load_source
@@ -51,6 +53,22 @@ def test_metamathqa_local_json_in_hub_format(tmp_path):
     assert [r["gold_answer"] for r in rows] == ["5", "\\frac{1}{2}"]
     assert [r["source"] for r in rows] == ["metamathqa/GSM_Rephrased", "metamathqa/MATH_AnsAug"]
     assert sorted(r["reason"] for r in rejects) == ["empty_text", "missing_field:query", "unparseable_gold"]
+
+
+def test_a_source_file_on_a_uri_reads_like_a_local_one(data_dir):
+    import fsspec
+
+    uri = "memory://data-bucket/gsm8k/test.jsonl"  # stands in for s3:// or gs://
+    lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:20]
+    with fsspec.open(uri, "w") as f:
+        f.write("\n".join(lines[:10] + ["{not json"] + lines[10:]) + "\n")
+    rows, rejects = load_source(SourceConfig(name="gsm8k", path=uri), 0)
+    local = [json.loads(line) for line in lines]
+    assert [r["question"] for r in rows] == [r["question"] for r in local]
+    assert [r["reason"] for r in rejects] == ["bad_json"]
+    missing = "memory://data-bucket/none.jsonl"
+    with pytest.raises(FileNotFoundError, match=f"^data file not found: {missing}$"):
+        load_source(SourceConfig(name="gsm8k", path=missing), 0)
 
 
 def _recheck(solution: str) -> bool:
