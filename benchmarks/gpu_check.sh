@@ -44,6 +44,7 @@ timeout 150 python3 benchmarks/gpu_train.py "${EXTRA[@]}" --skip-plain --skip-de
   2>&1 | tee -a "$OUT/gpu_train.log" | grep -v Warning
 variant 100 'one bucket:{"deepspeed": {"zero_optimization": {"reduce_bucket_size": 2e9, "allgather_bucket_size": 2e9}}}'
 variant 200 'compile + fp32 accum + one bucket:{"compile": true, "deepspeed": {"data_types": {"grad_accum_dtype": "fp32"}, "zero_optimization": {"reduce_bucket_size": 2e9, "allgather_bucket_size": 2e9}}}'
+python3 benchmarks/gpu_train.py --table "$OUT"/gpu_train.json "$OUT"/gpu_train_variant*.json 2>&1 | tee "$OUT/gpu_table.txt"
 # the sampling figure is already recorded; SAMPLING=1 measures it again
 if [ "${SAMPLING:-0}" = 1 ]; then
   timeout 150 python3 benchmarks/gpu_sampling.py --out "$OUT/gpu_sampling.json" 2>&1 | tee "$OUT/gpu_sampling.log" | grep -v Warning

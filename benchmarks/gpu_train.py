@@ -204,12 +204,22 @@ def sync(device: str) -> None:
 
 def table(rows: list[dict], args, device_name: str) -> str:
     head = f"DPO step, {args.preset}, {args.pairs} pairs x {args.seq} tokens, {device_name}"
-    lines = [head, f"{'':28} {'step s':>8} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}"]
+    w = max([28] + [len(r["name"]) for r in rows])
+    lines = [head, f"{'':{w}} {'step s':>8} {'tokens/s':>10} {'MFU':>7} {'peak GiB':>9}"]
     for r in rows:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
         mem = f"{r['peak_mem_gib']:.1f}" if r["peak_mem_gib"] is not None else "n/a"
-        lines.append(f"{r['name']:28} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} {mfu:>7} {mem:>9}")
+        lines.append(f"{r['name']:{w}} {r['step_s']:8.3f} {r['tokens_per_s']:10.0f} {mfu:>7} {mem:>9}")
     return "\n".join(lines)
+
+
+def combined_table(paths: list[str]) -> str:
+    """The rows of several result files (one a process, gpu_check.sh) in one table; the first file's
+    arguments and device head it."""
+    runs = [json.load(open(p)) for p in paths]
+    rows = [r for run in runs for r in run["results"]]
+    args = argparse.Namespace(**runs[0]["args"])
+    return table(rows, args, runs[0]["device"])
 
 
 def main() -> None:
@@ -228,8 +238,14 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:JSON",
                     help="an extra hsdpo row with these DPOConfig field changes (repeatable)")
     ap.add_argument("--profile", type=int, default=0, metavar="K", help="also profile K steps of plain and hsdpo")
-    ap.add_argument("--out", required=True, help="JSON results path")
+    ap.add_argument("--out", help="JSON results path (required unless --table)")
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="print one table of the rows in these result files and exit")
     args = ap.parse_args()
+    if args.table:
+        print(combined_table(args.table))
+        return
+    if not args.out:
+        ap.error("--out is required")
     for k, v in (("MASTER_ADDR", "127.0.0.1"), ("MASTER_PORT", "29533"), ("RANK", "0"), ("WORLD_SIZE", "1"),
                  ("LOCAL_RANK", "0")):
         os.environ.setdefault(k, v)
