@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from hsdpo.config import ConfigError
-from hsdpo.rundir import _fs, local_dir
+from hsdpo.rundir import _fs, local_dir, push_dir
 from hsdpo.train import strategy
 from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
 from hsdpo.train.losses import sft_loss, weighted_dpo_loss
@@ -113,6 +113,10 @@ class MetricsLog:
             self.wandb.log(row, step=row["step"])
         shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
         say(shown)
+
+    def flush(self) -> None:
+        if self.tb:
+            self.tb.flush()
 
     def close(self) -> None:
         """Flush the event files (TensorBoard) and end the W&B run."""
@@ -282,7 +286,8 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
     reporter = Reporter(spec.get("use_ray", False), spec.get("ckpt_dir"))
     torch.manual_seed(t.seed)  # what the policy draws at build (LoRA's A): the same on every rank and run
     engine, start, history = build_and_resume(spec, t, model, rows_per_forward, accum, reporter)
-    # a URI stage folder is written in a local one on rank 0, copied there once the run is complete
+    # a URI stage folder is written in a local one on rank 0 and copied there once the run is
+    # complete; metrics.jsonl and TensorBoard events also at every checkpoint
     out_uri = spec.get("out_dir")
     with local_dir(out_uri, push=rank == 0) if out_uri else contextlib.nullcontext() as out_dir:
         log = MetricsLog(os.path.join(out_dir, "metrics.jsonl") if out_dir and rank == 0 else None, t, out_dir,
@@ -307,6 +312,9 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
                 log.add(row)
                 state = {"step": done, "world": world, "history": log.history}
                 reporter.report(row, engine if ckpt else None, done, state)
+                if ckpt and rank == 0 and out_dir != out_uri:  # the logs so far reach a URI stage folder too
+                    log.flush()
+                    push_dir(out_dir, out_uri)
         log.close()
         if rank == 0 and out_dir:
             write_engine_info(os.path.join(out_dir, "engine.json"), engine, world, accum)

@@ -144,6 +144,55 @@ def test_a_batch_of_zero_weight_pairs_gives_zero_loss_and_gradient(tiny_model_di
     assert loss.item() > 0  # a batch with any weight still counts
 
 
+PLAIN_WORKER = """
+import json, os, sys
+from hsdpo.train.config import DPOConfig
+from hsdpo.train.worker import train_worker
+
+model_dir, out_uri, ckpt, marker, rows_path = sys.argv[1:]
+rows = json.load(open(rows_path))
+cfg = DPOConfig(steps=4, batch_size=4, micro_batch_size=2, max_length=64, lr=1e-3, beta=0.5, checkpoint_every=2,
+                fail_at_step=3, min_lr_ratio=1.0, tensorboard=True)
+spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "model_path": model_dir, "tokenizer_path": model_dir,
+        "out_dir": out_uri, "ckpt_dir": ckpt, "marker": marker}
+try:
+    train_worker(spec, rows=rows)
+except RuntimeError as e:
+    print("CRASHED", str(e).splitlines()[0], flush=True)
+local = out_uri[len("file://"):]
+print("AFTER_CRASH", json.dumps(sorted(os.listdir(local)) if os.path.isdir(local) else []), flush=True)
+hist = train_worker(spec, rows=rows)  # resumes from ckpt, as a restarted worker would
+print("STEPS", json.dumps([h["step"] for h in hist]), flush=True)
+"""
+
+
+def test_a_uri_stage_folder_gets_the_logs_at_checkpoints_and_everything_at_the_end(tiny_model_dir, tmp_path):
+    """The worker as a plain process (world size 1), writing to a URI stage folder: a run that dies
+    after its step-2 checkpoint has pushed metrics.jsonl and TensorBoard events so far, but no
+    model; resumed, it pushes the whole folder."""
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    rows = [{"pair_id": f"p{i}", "prompt": "Question: 3 and 4?\nAnswer: ", "chosen": f"#### {7 + i}",
+             "rejected": f"#### {9 - i}", "weight": 1.0, "ref_chosen_logp": -5.0, "ref_rejected_logp": -6.0}
+            for i in range(4)]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    out = tmp_path / "bucket" / "dpo"
+    proc = subprocess.run([sys.executable, "-c", PLAIN_WORKER, str(tiny_model_dir), f"file://{out}",
+                           str(tmp_path / "ckpt"), str(tmp_path / "marker"), str(tmp_path / "rows.json")],
+                          capture_output=True, text=True, timeout=300)
+    lines = {ln.split(" ", 1)[0]: ln.split(" ", 1)[1] for ln in proc.stdout.splitlines()
+             if ln.split(" ", 1)[0] in ("CRASHED", "AFTER_CRASH", "STEPS")}
+    assert proc.returncode == 0 and "injected failure at step 3" in lines.get("CRASHED", ""), proc.stderr[-3000:]
+    assert json.loads(lines["AFTER_CRASH"]) == ["metrics.jsonl", "tb"]  # the logs to the checkpoint, no model
+    assert json.loads(lines["STEPS"]) == [1, 2, 3, 4]
+    assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert (out / "engine.json").exists() and list((out / "tb").iterdir())
+    AutoModelForCausalLM.from_pretrained(out / "model")
+
+
 def test_dpo_rows_count_unusable_pairs_as_rejects(run):
     from hsdpo.train.dpo import dpo_rows
 
