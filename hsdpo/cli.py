@@ -53,6 +53,19 @@ def run_pipeline(cfg: PipelineConfig, force: tuple[str, ...] = ()) -> list[Stage
     return results
 
 
+def check_reachable(run_dir: str) -> None:
+    """One look at the run dir before any stage starts: missing credentials or an unknown bucket is
+    a one-line error here, not a traceback from the middle of a stage."""
+    from hsdpo.rundir import _fs
+
+    try:
+        fs, path = _fs(run_dir)
+        fs.exists(path)
+    except Exception as err:  # noqa: BLE001 -- whatever the storage driver raises
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(f"run_dir {run_dir} cannot be reached: {type(err).__name__}: {first}") from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hsdpo", description="Verifier-guided hard-negative DPO on Ray.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.overrides, tuple(args.force))
             return 0
         cfg = load_config(args.config, args.overrides)
+        check_reachable(cfg.run_dir)
         if args.command == "pipeline":
             run_pipeline(cfg, tuple(args.force))
         else:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from hsdpo.configbase import StrictModel
+from hsdpo.configbase import Location, StrictModel
 from hsdpo.data.config import DataConfig
 from hsdpo.eval.config import EvalConfig
 from hsdpo.model import ModelConfig
@@ -60,7 +60,7 @@ def _default_steps() -> list[StageSpec]:
 
 class PipelineConfig(StrictModel):
     name: str = Field("run", description="experiment name, for logs and reports")
-    run_dir: str = Field("runs/default", description="local path or fsspec URI (s3://, gs://)")
+    run_dir: Location = Field("runs/default", description="local path or fsspec URI (s3://, gs://)")
     seed: int = Field(0, description="global seed; each stage derives its own")
     ray: RayConfig = Field(default_factory=RayConfig)
     data: DataConfig = Field(default_factory=DataConfig)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from hsdpo.configbase import StrictModel
+from hsdpo.configbase import Location, StrictModel
 
 Op = Literal["add", "sub", "mul", "div", "double", "half"]
 
@@ -22,7 +22,7 @@ class SyntheticConfig(StrictModel):
 
 class SourceConfig(StrictModel):
     name: Literal["gsm8k", "math", "metamathqa", "synthetic"] = Field(description="source format")
-    path: str | None = Field(None, description="JSON/JSONL file, a local path or a URI (s3://, gs://); None = the hub dataset")
+    path: Location | None = Field(None, description="JSON/JSONL file, a local path or a URI (s3://, gs://); None = the hub dataset")
     hub_id: str | None = Field(None, description="hub dataset id (default per source)")
     hub_split: str = Field("train", description="split of the hub dataset")
     split: str = Field("train", description="split label written to problems/ (train, test, ...)")

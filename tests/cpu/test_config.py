@@ -44,6 +44,9 @@ def test_no_file_gives_defaults():
         ("", ["dpo.deepspeed.optimizer.type=Lamb"], "optimizer is set from hsdpo's own fields"),
         ("", ["sft.deepspeed.zero_optimization.stage=3"], "zero_optimization.stage is set from hsdpo's own fields"),
         ("", ["dpo.compile=true", "dpo.zero_stage=3"], "compile=true needs zero_stage 2"),
+        ("", ["run_dir=foo://bucket/run"], "bad config value at run_dir: Value error, no filesystem is known for foo://"),
+        ("data: {sources: [{name: gsm8k, path: 'bar://b/train.jsonl'}]}\n", [],
+         "bad config value at data.sources.0.path: Value error, no filesystem is known for bar://"),
     ],
 )
 def test_errors_are_one_line_and_name_the_key(tmp_path, yaml_text, overrides, message):
@@ -79,6 +82,36 @@ def test_cli_reports_config_errors_on_one_line(tmp_path, capsys):
     assert main(["data", str(write(tmp_path, "")), "dpo.bta=1"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "hsdpo: unknown config key: dpo.bta"
+
+
+def test_a_run_dir_whose_filesystem_package_is_missing_is_a_config_error(tmp_path):
+    import importlib.util
+
+    if importlib.util.find_spec("dropboxdrivefs"):
+        pytest.skip("dropboxdrivefs is installed here")
+    with pytest.raises(ConfigError, match=r"run_dir: Value error, dropbox:// needs a package that is not installed"):
+        load_config(write(tmp_path, ""), ["run_dir=dropbox://team/run"])
+    if not importlib.util.find_spec("gcsfs"):  # the hint names the extra that brings it
+        with pytest.raises(ConfigError, match=r"pip install 'hsdpo\[gcs\]'"):
+            load_config(write(tmp_path, ""), ["run_dir=gs://bucket/run"])
+
+
+def test_an_unreachable_run_dir_is_one_line_before_any_stage(tmp_path, capsys, monkeypatch):
+    """No S3 credentials anywhere: the CLI says so in one line, exit 2, before a stage starts."""
+    from hsdpo.cli import main
+
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(key, raising=False)
+    for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.setenv(key, str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    run_dir = f"s3://hsdpo-no-credentials-{tmp_path.name}/run"
+    import fsspec
+
+    fsspec.filesystem("s3").clear_instance_cache()  # an s3fs made by another test would keep its session
+    assert main(["data", str(write(tmp_path, "")), f"run_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hsdpo: run_dir {run_dir} cannot be reached: NoCredentialsError") and "\n" not in err
 
 
 def test_section_hash_tracks_only_named_sections():
