@@ -15,8 +15,9 @@ size 1 (no Ray). The default shape is Qwen2.5-1.5B (random weights): hidden 1536
 runs K more steps of the plain loop and of the default hsdpo row under torch.profiler and writes the
 top kernels and ops (device and host time) next to `--out`.
 
-MFU = 6 x matmul params x (non-pad) tokens / step time / peak dense bf16 FLOP/s (hsdpo.train.mfu);
-unknown devices report none. Peak memory is torch.cuda.max_memory_allocated per phase.
+MFU = model FLOPs / step time / peak dense bf16 FLOP/s (hsdpo.train.mfu): 6 x matmul params per
+(non-pad) token, less the LM head's share at the positions where it does not run (the prompt: log-probs
+are taken at scored positions only, in both loops); unknown devices report none. Peak memory is torch.cuda.max_memory_allocated per phase.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def reset_mem() -> None:
 def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, warmup: int | None = None) -> dict:
     """The baseline: bf16 weights, fused AdamW, chosen+rejected in one forward, chunked log-probs."""
     from hsdpo.train.losses import weighted_dpo_loss
-    from hsdpo.train.mfu import flops_per_token, peak_flops
+    from hsdpo.train.mfu import flops_per_token, head_flops_per_token, peak_flops, step_flops
     from hsdpo.train.tokenize import pair_batch, pair_examples, sequence_logps
 
     reset_mem()
@@ -101,7 +102,7 @@ def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, wa
     for step in range(warmup + (args.steps if steps is None else steps)):
         sync(device)
         t0 = time.perf_counter()
-        logps, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, args.chunk)
+        logps, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, args.chunk, scored=b.scored)
         loss, _ = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=0.1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -113,7 +114,8 @@ def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, wa
     dt = sum(times) / len(times)
     peak = peak_flops() if device == "cuda" else None
     out = {"name": "plain pytorch", "step_s": dt, "tokens_per_s": tokens / dt,
-           "mfu": flops_per_token(model) * tokens / dt / peak if peak else None,
+           "mfu": step_flops(flops_per_token(model), head_flops_per_token(model), tokens, len(b.scored)) / dt / peak
+           if peak else None,
            "peak_mem_gib": mem_gib(), "first_loss": None}
     del model, opt
     return out

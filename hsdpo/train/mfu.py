@@ -36,6 +36,20 @@ def peak_flops(device: torch.device | str | None = None) -> float | None:
     return None
 
 
+def head_flops_per_token(model: torch.nn.Module) -> float:
+    """The LM head's share of `flops_per_token`: 6 x vocabulary x hidden. hsdpo applies the head only
+    at scored positions (hsdpo.train.tokenize), so a step's FLOPs are
+    `flops_per_token * tokens - head_flops_per_token * (tokens - scored)`."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings().weight
+    return 6.0 * (head.ds_numel if hasattr(head, "ds_numel") else head.numel())
+
+
+def step_flops(model_flops: float, head_flops: float, tokens: int, scored: int) -> float:
+    """Model FLOPs of a step of `tokens` (non-pad) tokens of which `scored` have their next token scored."""
+    return model_flops * tokens - head_flops * (tokens - scored)
+
+
 def flops_per_token(model: torch.nn.Module) -> float:
     """Training FLOPs per token, 6 x matmul parameters (forward 2, backward 4); attention scores
     (12 * layers * hidden * seq) are left out, so the figure is a slight under-estimate. The input

@@ -32,7 +32,7 @@ from hsdpo.rundir import _fs, local_dir, push_dir
 from hsdpo.train import strategy
 from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
 from hsdpo.train.losses import sft_loss, weighted_dpo_loss
-from hsdpo.train.mfu import flops_per_token, peak_flops
+from hsdpo.train.mfu import flops_per_token, head_flops_per_token, peak_flops, step_flops
 from hsdpo.train.tokenize import Encoded, LogpModel, collate, encode, pair_batch, pair_examples, split_model
 
 
@@ -203,6 +203,12 @@ class Task:
             return max(len(self.items[i][0].input_ids), len(self.items[i][1].input_ids))
         return len(self.items[i].input_ids)
 
+    def scored(self, idx: list[int]) -> int:
+        """Positions whose next token is scored (where the LM head runs): the completion tokens."""
+        if self.kind == "dpo":
+            return sum(self.completion_tokens(c) + self.completion_tokens(r) for c, r in (self.items[i] for i in idx))
+        return sum(self.completion_tokens(self.items[i]) for i in idx)
+
     def tokens(self, idx: list[int]) -> int:
         if self.kind == "dpo":
             return sum(len(c.input_ids) + len(r.input_ids) for c, r in (self.items[i] for i in idx))
@@ -212,11 +218,11 @@ class Task:
         """(loss for backward, metric sums) for one micro-batch; metrics already global-normalised."""
         if self.kind == "sft":
             b = collate([self.items[i] for i in idx], self.pad).to(device)
-            logps, ntok = engine(b.input_ids, b.attention_mask, b.loss_mask)
+            logps, ntok = engine(b.input_ids, b.attention_mask, b.loss_mask, b.scored)
             loss = sft_loss(logps, ntok, denominator=den["tokens"])
             return loss, {"loss": loss.detach()}
         b = pair_batch([self.items[i] for i in idx], self.pad).to(device)
-        logps, ntok = engine(b.input_ids, b.attention_mask, b.loss_mask)  # [2n]
+        logps, ntok = engine(b.input_ids, b.attention_mask, b.loss_mask, b.scored)  # [2n]
         n = len(idx)
         ref = torch.tensor([self.ref[i] for i in idx], dtype=torch.float32, device=device)  # [n, 2]
         w = torch.tensor([self.weights[i] for i in idx], dtype=torch.float32, device=device)
@@ -227,7 +233,7 @@ class Task:
         return loss, {"loss": loss.detach(), "chosen_nll": nll.detach(), **sums}
 
 
-def run_step(task: Task, engine, step: int, n: int, world: int, rank: int, device) -> tuple[dict, int]:
+def run_step(task: Task, engine, step: int, n: int, world: int, rank: int, device) -> tuple[dict, int, int]:
     t = task.cfg
     idx = global_batch_indices(step, t.batch_size, n, t.seed)
     den = task.denominators(idx)
@@ -244,7 +250,7 @@ def run_step(task: Task, engine, step: int, n: int, world: int, rank: int, devic
         engine.step()
         for k, v in m.items():
             sums[k] = sums.get(k, 0) + v
-    return sums, task.tokens(idx)
+    return sums, task.tokens(idx), task.scored(idx)
 
 
 def reduce_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -292,7 +298,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
     with local_dir(out_uri, push=rank == 0) if out_uri else contextlib.nullcontext() as out_dir:
         log = MetricsLog(os.path.join(out_dir, "metrics.jsonl") if out_dir and rank == 0 else None, t, out_dir,
                          history)
-        n_flop = flops_per_token(engine.module.model)
+        n_flop, head_flop = flops_per_token(engine.module.model), head_flops_per_token(engine.module.model)
         peak = peak_flops(device) if t.use_gpu else None
         if rank == 0:
             say(f"{kind}: {len(rows)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
@@ -300,7 +306,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
             inject_failure(t, spec, step, rank)
             t0 = time.perf_counter()
             lr = engine.optimizer.param_groups[0]["lr"]
-            sums, tokens = run_step(task, engine, step, len(rows), world, rank, device)
+            sums, tokens, scored = run_step(task, engine, step, len(rows), world, rank, device)
             done = step + 1
             ckpt = bool(t.checkpoint_every) and done % t.checkpoint_every == 0 and done < t.steps
             if done % t.log_every == 0 or done == t.steps or ckpt:
@@ -308,7 +314,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
                 dt = time.perf_counter() - t0
                 row.update(step=done, lr=lr, grad_norm=float(engine.get_global_grad_norm() or 0.0),
                            tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
-                row["mfu"] = (n_flop * tokens / dt / (peak * world)) if peak else None
+                row["mfu"] = (step_flops(n_flop, head_flop, tokens, scored) / dt / (peak * world)) if peak else None
                 log.add(row)
                 state = {"step": done, "world": world, "history": log.history}
                 reporter.report(row, engine if ckpt else None, done, state)

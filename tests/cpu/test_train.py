@@ -102,6 +102,12 @@ def test_masking_and_truncation(tiny_model_dir):
     assert b.loss_mask[0].sum().item() == len(e.input_ids) - e.prompt_len  # completion + eos only
     assert b.loss_mask[0, : e.prompt_len].sum().item() == 0
     assert b.attention_mask[1].sum().item() < b.input_ids.shape[1]  # right-padded
+    # the LM head runs at the positions before each completion token: after the prompt, never in padding
+    width = b.input_ids.shape[1]
+    e2 = encode(tok, "Q", "12", 64)
+    expect = [t for t in range(e.prompt_len - 1, len(e.input_ids) - 1)]
+    expect += [width + t for t in range(e2.prompt_len - 1, len(e2.input_ids) - 1)]
+    assert b.scored.tolist() == expect
     long = encode(tok, "Question: " + "x " * 100, "y " * 100, max_length=32)
     assert long.truncated and len(long.input_ids) == 32 and long.prompt_len == 16
 
@@ -123,6 +129,27 @@ def test_chunked_logps_equal_full_logits(tiny_model_dir):
     g2 = torch.autograd.grad(full, model.model.embed_tokens.weight)[0]
     assert torch.allclose(g1, g2, atol=1e-5)
     assert n.tolist() == b.loss_mask[:, 1:].sum(-1).tolist()
+
+
+def test_model_flops_count_the_lm_head_only_where_it_runs(tiny_model_dir):
+    from hsdpo.model import load_model, load_tokenizer
+    from hsdpo.train.config import DPOConfig
+    from hsdpo.train.mfu import flops_per_token, head_flops_per_token, step_flops
+    from hsdpo.train.worker import Task
+
+    model = load_model(str(tiny_model_dir), dtype="float32")
+    cfg = model.config
+    params = sum(p.numel() for p in model.parameters())  # tied: the embedding matrix once, as the head
+    assert cfg.tie_word_embeddings and flops_per_token(model) == 6 * params
+    assert head_flops_per_token(model) == 6 * cfg.vocab_size * cfg.hidden_size
+    assert step_flops(100.0, 10.0, tokens=50, scored=20) == 100.0 * 50 - 10.0 * 30
+    tok = load_tokenizer(str(tiny_model_dir))
+    rows = [{"prompt": "Question: 3 and 4?\nAnswer: ", "chosen": "#### 7", "rejected": "3 + 4 = 8\n#### 8",
+             "weight": 1.0, "ref_chosen_logp": -5.0, "ref_rejected_logp": -6.0}] * 3
+    task = Task("dpo", DPOConfig(max_length=MAXLEN), rows, tok)
+    b = pair_batch([task.items[i] for i in (0, 2)], tok.pad_token_id)
+    assert task.scored([0, 2]) == len(b.scored) == int(b.loss_mask.sum())  # what the MFU counts = what runs
+    assert task.tokens([0, 2]) == int(b.attention_mask.sum())
 
 
 def test_a_batch_of_zero_weight_pairs_gives_zero_loss_and_gradient(tiny_model_dir):
