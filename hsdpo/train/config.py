@@ -55,7 +55,7 @@ class TrainConfig(StrictModel):
                     " and offload) are refused",
     )
     attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")
-    logp_chunk: int = Field(128, ge=1, description="sequence positions per chunk of the log-softmax (never full [B,T,V] fp32 logits)")
+    logp_chunk: int = Field(128, ge=1, description="positions per sequence in a chunk of the LM head and log-softmax (chunk x batch scored rows; never full [B,T,V] fp32 logits)")
     seed: int = Field(0, description="added to the run seed: data order")
     checkpoint_every: int = Field(0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
@@ -109,7 +109,7 @@ class RefLogpConfig(StrictModel):
     batch_size: int = Field(16, ge=1, description="pairs per Ray Data batch")
     concurrency: int = Field(1, ge=1, description="reference-model actors")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per actor (0 = CPU, fp32)")
-    logp_chunk: int = Field(128, ge=1, description="positions per log-softmax chunk")
+    logp_chunk: int = Field(128, ge=1, description="positions per sequence in a chunk of the LM head and log-softmax")
 
 
 class DPOConfig(TrainConfig):
