@@ -109,7 +109,10 @@ def test_an_unreachable_run_dir_is_one_line_before_any_stage(tmp_path, capsys, m
     import fsspec
 
     fsspec.filesystem("s3").clear_instance_cache()  # an s3fs made by another test would keep its session
-    assert main(["data", str(write(tmp_path, "")), f"run_dir={run_dir}"]) == 2
+    try:
+        assert main(["data", str(write(tmp_path, "")), f"run_dir={run_dir}"]) == 2
+    finally:  # and the credential-less one made here must not serve later tests
+        fsspec.filesystem("s3").clear_instance_cache()
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"hsdpo: run_dir {run_dir} cannot be reached: NoCredentialsError") and "\n" not in err
 

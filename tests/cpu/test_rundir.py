@@ -134,8 +134,12 @@ def s3_bucket(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in env.items():
             mp.setenv(k, v)
-        fsspec.filesystem("s3", skip_instance_cache=True).mkdir("hsdpo-test")
+        # fsspec caches filesystem instances with their session: one an earlier test made under other
+        # credentials must not serve these tests, nor theirs later ones
+        fsspec.filesystem("s3").clear_instance_cache()
+        fsspec.filesystem("s3").mkdir("hsdpo-test")
         yield "s3://hsdpo-test"
+        fsspec.filesystem("s3").clear_instance_cache()
     server.stop()
 
 
