@@ -48,6 +48,7 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
     compile: bool = Field(False, description="torch.compile each decoder layer (torchtune style) and the LM-head log-softmax chunk; the first steps pay the compile; ZeRO-2 only")
+    coalesce_grad_reduction: bool = Field(True, description="one rank, one micro-batch a step, ZeRO-2: reduce gradients in one pass after backward (DeepSpeed's coalesce_grad_reduction) instead of a hook a parameter during it; ignored elsewhere")
     deepspeed: dict[str, Any] = Field(
         default_factory=dict,
         description="extra DeepSpeed config, deep-merged over the one built from these fields (e.g. zero_optimization"
@@ -56,6 +57,7 @@ class TrainConfig(StrictModel):
     )
     attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")
     logp_chunk: int = Field(128, ge=1, description="positions per sequence in a chunk of the LM head and log-softmax (chunk x batch scored rows; never full [B,T,V] fp32 logits)")
+    logp_recompute: bool = Field(True, description="recompute each LM-head chunk in backward, keeping one chunk's logits at a time; false keeps every chunk's log-softmax for backward (faster, about 4 bytes x scored positions x vocab more memory)")
     seed: int = Field(0, description="added to the run seed: data order")
     checkpoint_every: int = Field(0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")

@@ -21,7 +21,8 @@ from hsdpo.train.config import TrainConfig
 
 # fields that do not change what is learned (world size and micro-batching are invariant by design)
 TOPOLOGY = {"num_workers", "cpus_per_worker", "micro_batch_size", "use_gpu", "compile", "checkpoint_every", "keep_checkpoints", "max_failures",
-            "fail_at_step", "log_every", "tensorboard", "wandb_project", "output"}
+            "fail_at_step", "log_every", "tensorboard", "wandb_project", "output", "logp_chunk", "logp_recompute",
+            "coalesce_grad_reduction"}
 
 
 def checkpoint_root(cfg: PipelineConfig, t: TrainConfig, inputs: list[str]) -> str:

@@ -83,11 +83,13 @@ def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
 
 def scored_logps(decoder: torch.nn.Module, lm_head: torch.nn.Module, input_ids: torch.Tensor,
                  attention_mask: torch.Tensor, scored: torch.Tensor, chunk: int,
-                 chunk_fn=_chunk_logps) -> torch.Tensor:
+                 chunk_fn=_chunk_logps, recompute: bool = True) -> torch.Tensor:
     """Log-prob of the next token at each position of `scored` (flat b*T + t), `[M]` fp32. Chunks hold
     `chunk` positions per sequence on average (chunk x B rows), the memory bound of a position chunk
     over the whole batch. `chunk_fn` may be `_chunk_logps` compiled: one kernel reads a chunk's bf16
-    logits once for the upcast, log-softmax and gather, where eager writes and re-reads fp32 copies."""
+    logits once for the upcast, log-softmax and gather, where eager writes and re-reads fp32 copies.
+    With `recompute`, a chunk's forward runs again in backward (activation checkpointing), so only one
+    chunk's logits live at a time; without, autograd keeps every chunk's log-softmax."""
     hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, scored)  # [M, H]
     targets = input_ids.reshape(-1).index_select(0, scored + 1)  # [M]: t+1 stays in row b (t < T-1)
@@ -95,7 +97,7 @@ def scored_logps(decoder: torch.nn.Module, lm_head: torch.nn.Module, input_ids: 
     pieces = []
     for s in range(0, h.shape[0], rows):
         hc, tc = h[s:s + rows], targets[s:s + rows]
-        if torch.is_grad_enabled():
+        if recompute and torch.is_grad_enabled():
             pieces.append(checkpoint(chunk_fn, lm_head, hc, tc, use_reentrant=False))
         else:
             pieces.append(chunk_fn(lm_head, hc, tc))
@@ -110,13 +112,13 @@ def split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
 
 def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    loss_mask: torch.Tensor, chunk: int = 128, chunk_fn=_chunk_logps,
-                   scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                   scored: torch.Tensor | None = None, recompute: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs [B] fp32, completion tokens [B]). `scored` is the batch's
     `Batch.scored`; without it, it is derived from `loss_mask` here (a device sync on a GPU)."""
     if scored is None:
         scored = scored_positions(loss_mask)
     decoder, lm_head = split_model(model)
-    logps = scored_logps(decoder, lm_head, input_ids, attention_mask, scored, chunk, chunk_fn)  # [M]
+    logps = scored_logps(decoder, lm_head, input_ids, attention_mask, scored, chunk, chunk_fn, recompute)  # [M]
     sums = logps.new_zeros(input_ids.shape[0]).index_add(0, scored // input_ids.shape[1], logps)
     return sums, loss_mask[:, 1:].sum(-1).to(sums.dtype)
 
@@ -125,15 +127,17 @@ class LogpModel(torch.nn.Module):
     """What DeepSpeed wraps: forward returns sequence log-probs, so every parameter access goes
     through module calls (ZeRO-3 gathers on them) and the engine owns the whole computation."""
 
-    def __init__(self, model: torch.nn.Module, chunk: int, compile_chunks: bool = False):
+    def __init__(self, model: torch.nn.Module, chunk: int, compile_chunks: bool = False, recompute: bool = True):
         super().__init__()
         self.model = model
         self.chunk = chunk
+        self.recompute = recompute
         self.chunk_fn = torch.compile(_chunk_logps) if compile_chunks else _chunk_logps
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
                 scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return sequence_logps(self.model, input_ids, attention_mask, loss_mask, self.chunk, self.chunk_fn, scored)
+        return sequence_logps(self.model, input_ids, attention_mask, loss_mask, self.chunk, self.chunk_fn, scored,
+                              self.recompute)
 
 
 def pair_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[tuple[Encoded, Encoded]]:

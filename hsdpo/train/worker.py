@@ -167,7 +167,7 @@ def build_policy(spec: dict[str, Any], t: TrainConfig, model=None) -> torch.nn.M
         for layer in split_model(model)[0].layers:
             layer.compile()
     model.train()
-    return LogpModel(model, t.logp_chunk, compile_chunks=t.compile)
+    return LogpModel(model, t.logp_chunk, compile_chunks=t.compile, recompute=t.logp_recompute)
 
 
 # ---- steps ---------------------------------------------------------------------------------------
@@ -246,7 +246,8 @@ def run_step(task: Task, engine, step: int, n: int, world: int, rank: int, devic
     for a in range(accum):
         micro = mine[a * t.micro_batch_size:(a + 1) * t.micro_batch_size]
         loss, m = task.micro_step(engine, micro, den, 1.0 / t.batch_size, device)
-        engine.backward(loss * (accum * world))
+        with strategy.grad_reduction(engine, t, accum):
+            engine.backward(loss * (accum * world))
         engine.step()
         for k, v in m.items():
             sums[k] = sums.get(k, 0) + v

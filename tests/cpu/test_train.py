@@ -129,6 +129,10 @@ def test_chunked_logps_equal_full_logits(tiny_model_dir):
     g2 = torch.autograd.grad(full, model.model.embed_tokens.weight)[0]
     assert torch.allclose(g1, g2, atol=1e-5)
     assert n.tolist() == b.loss_mask[:, 1:].sum(-1).tolist()
+    kept, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, chunk=5, recompute=False)
+    assert torch.allclose(kept, chunked, atol=1e-6)  # no recompute in backward: same values and gradient
+    g3 = torch.autograd.grad(kept.sum(), model.model.embed_tokens.weight)[0]
+    assert torch.allclose(g3, g1, atol=1e-6)
 
 
 def test_model_flops_count_the_lm_head_only_where_it_runs(tiny_model_dir):
@@ -218,6 +222,61 @@ def test_a_uri_stage_folder_gets_the_logs_at_checkpoints_and_everything_at_the_e
     assert [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     assert (out / "engine.json").exists() and list((out / "tb").iterdir())
     AutoModelForCausalLM.from_pretrained(out / "model")
+
+
+COALESCE_WORKER = """
+import json, sys
+import hsdpo.train.strategy as strategy
+from hsdpo.train.config import DPOConfig
+from hsdpo.train.worker import train_worker
+
+model_dir, rows_path = sys.argv[1:]
+rows = json.load(open(rows_path))
+seen = []
+build = strategy.grad_reduction
+def grad_reduction(engine, t, accum):  # records which path each backward took
+    ctx = build(engine, t, accum)
+    seen.append(type(ctx).__name__ != "nullcontext")
+    return ctx
+strategy.grad_reduction = grad_reduction
+out = {}
+for coalesce in (True, False):
+    for micro in (4, 2):
+        seen.clear()
+        cfg = DPOConfig(steps=4, batch_size=4, micro_batch_size=micro, max_length=64, lr=2e-3, beta=0.5,
+                        min_lr_ratio=1.0, coalesce_grad_reduction=coalesce)
+        spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "model_path": model_dir,
+                "tokenizer_path": model_dir, "out_dir": None, "export": False}
+        hist = train_worker(spec, rows=rows)
+        out[f"{coalesce} {micro}"] = {"coalesced": sorted(set(seen)), "loss": [h["loss"] for h in hist],
+                                      "grad_norm": [h["grad_norm"] for h in hist]}
+print("RESULT", json.dumps(out), flush=True)
+"""
+
+
+def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_hooks(tiny_model_dir, tmp_path):
+    """World of one, one micro-batch a step: ZeRO-2 reduces gradients in one pass after backward
+    (DeepSpeed's coalesce_grad_reduction), and the run is the same as with a hook a parameter; with
+    gradient accumulation the hooks stay."""
+    import subprocess
+    import sys
+
+    rows = [{"pair_id": f"p{i}", "prompt": "Question: 3 and 4?\nAnswer: ", "chosen": f"3 + 4 = {7 + i}\n#### {7 + i}",
+             "rejected": f"#### {9 - i}", "weight": [0.5, 1.0, 2.0, 1.5][i], "ref_chosen_logp": -5.0 - i,
+             "ref_rejected_logp": -6.0} for i in range(4)]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    proc = subprocess.run([sys.executable, "-c", COALESCE_WORKER, str(tiny_model_dir), str(tmp_path / "rows.json")],
+                          capture_output=True, text=True, timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT "):])
+    assert out["True 4"]["coalesced"] == [True]  # engaged only where it applies
+    assert out["True 2"]["coalesced"] == out["False 4"]["coalesced"] == out["False 2"]["coalesced"] == [False]
+    ref = out["False 4"]
+    assert ref["loss"][-1] < ref["loss"][0]  # it trains
+    for key in ("True 4", "True 2", "False 2"):
+        assert out[key]["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+        assert out[key]["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
 
 
 def test_dpo_rows_count_unusable_pairs_as_rejects(run):
