@@ -82,14 +82,21 @@ def reset_mem() -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, warmup: int | None = None) -> dict:
-    """The baseline: bf16 weights, fused AdamW, chosen+rejected in one forward, chunked log-probs."""
+def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, warmup: int | None = None,
+              compiled: bool = False, step_hook=None) -> dict:
+    """The baseline: bf16 weights, fused AdamW, chosen+rejected in one forward, chunked log-probs;
+    `compiled`: each decoder layer and the log-softmax chunk under torch.compile, as hsdpo's `compile`."""
     from hsdpo.train.losses import weighted_dpo_loss
     from hsdpo.train.mfu import flops_per_token, head_flops_per_token, peak_flops, step_flops
-    from hsdpo.train.tokenize import pair_batch, pair_examples, sequence_logps
+    from hsdpo.train.tokenize import _chunk_logps, pair_batch, pair_examples, sequence_logps, split_model
 
     reset_mem()
     model = build_model(args, device).train()
+    chunk_fn = _chunk_logps
+    if compiled:
+        for layer in split_model(model)[0].layers:
+            layer.compile()
+        chunk_fn = torch.compile(_chunk_logps)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device == "cuda")
     tok = IdTokenizer()
     b = pair_batch(pair_examples(tok, pairs, args.seq), tok.pad_token_id).to(device)
@@ -102,7 +109,7 @@ def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, wa
     for step in range(warmup + (args.steps if steps is None else steps)):
         sync(device)
         t0 = time.perf_counter()
-        logps, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, args.chunk, scored=b.scored)
+        logps, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, args.chunk, chunk_fn, b.scored)
         loss, _ = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=0.1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -111,9 +118,11 @@ def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, wa
         sync(device)
         if step >= warmup:
             times.append(time.perf_counter() - t0)
+        if step_hook:
+            step_hook()
     dt = sum(times) / len(times)
     peak = peak_flops() if device == "cuda" else None
-    out = {"name": "plain pytorch", "step_s": dt, "tokens_per_s": tokens / dt,
+    out = {"name": "plain pytorch" + (" + compile" if compiled else ""), "step_s": dt, "tokens_per_s": tokens / dt,
            "mfu": step_flops(flops_per_token(model), head_flops_per_token(model), tokens, len(b.scored)) / dt / peak
            if peak else None,
            "peak_mem_gib": mem_gib(), "first_loss": None}
@@ -122,8 +131,11 @@ def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, wa
 
 
 def run_hsdpo(args, device: str, pairs: list[dict], name: str = "hsdpo (DeepSpeed ZeRO-2)",
-              changes: dict | None = None, steps: int | None = None, warmup: int | None = None) -> dict:
-    """hsdpo's DPO worker, world size 1, ZeRO-2, no export, no checkpoints; `changes` edits the config."""
+              changes: dict | None = None, steps: int | None = None, warmup: int | None = None,
+              step_hook=None) -> dict:
+    """hsdpo's DPO worker, world size 1, ZeRO-2, no export, no checkpoints; `changes` edits the config;
+    `step_hook` is called after each step's metrics (the worker syncs the device there)."""
+    from hsdpo.train import worker
     from hsdpo.train.config import DPOConfig
     from hsdpo.train.worker import train_worker
 
@@ -135,7 +147,17 @@ def run_hsdpo(args, device: str, pairs: list[dict], name: str = "hsdpo (DeepSpee
                   gradient_checkpointing=args.grad_ckpt, min_lr_ratio=1.0)
     cfg = DPOConfig(**{**fields, **(changes or {})})
     spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "export": False, "out_dir": None}
-    hist = train_worker(spec, rows=pairs, model=build_model(args, device), tokenizer=IdTokenizer())
+    reduce_metrics = worker.reduce_metrics
+    if step_hook:
+        def hooked(sums):
+            out = reduce_metrics(sums)
+            step_hook()
+            return out
+        worker.reduce_metrics = hooked
+    try:
+        hist = train_worker(spec, rows=pairs, model=build_model(args, device), tokenizer=IdTokenizer())
+    finally:
+        worker.reduce_metrics = reduce_metrics
     timed = hist[warmup:]
     dt = sum(h["step_s"] for h in timed) / len(timed)
     mfu = [h["mfu"] for h in timed if h.get("mfu") is not None]
@@ -168,20 +190,24 @@ def parse_variant(text: str) -> tuple[str, dict]:
 
 
 def profile(args, device: str, pairs: list[dict], out_prefix: str) -> list[str]:
-    """K steps (plus 1 warm-up step) of the plain loop and of hsdpo under torch.profiler; the top ops by
-    self device time and by self host time, one text file a run."""
-    from torch.profiler import ProfilerActivity
+    """K steps of the plain loop and of hsdpo under torch.profiler, after the usual warm-up steps (not
+    recorded, nor is the model build or engine setup); the top ops by self device time and by self
+    host time, one text file a run. `--profile-changes JSON` edits the hsdpo run's config."""
+    from torch.profiler import ProfilerActivity, schedule
     from torch.profiler import profile as torch_profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    changes = parse_variant(f"profile:{args.profile_changes}")[1] if args.profile_changes else None
     written = []
-    for tag, fn in (("plain", run_plain), ("hsdpo", run_hsdpo)):
-        with torch_profile(activities=acts) as prof:
-            fn(args, device, pairs, steps=args.profile, warmup=1)
+    for tag, fn, kw in (("plain", run_plain, {}), ("hsdpo", run_hsdpo, {"changes": changes})):
+        # the profiler's own warm-up step is one of ours: `args.warmup` steps in all before K recorded
+        warm = max(1, args.warmup)
+        with torch_profile(activities=acts, schedule=schedule(wait=warm - 1, warmup=1, active=args.profile, repeat=1)) as prof:
+            fn(args, device, pairs, steps=args.profile, warmup=warm, step_hook=prof.step, **kw)
         avg = prof.key_averages()
         path = f"{out_prefix}.profile_{tag}.txt"
         with open(path, "w") as f:
-            f.write(f"{tag}: {args.profile} steps + 1 warm-up, model build included\n")
+            f.write(f"{tag}: {args.profile} steps recorded after {warm} warm-up steps; {kw.get('changes') or ''}\n")
             if device == "cuda":
                 f.write(sorted_table(avg, ("self_device_time_total", "self_cuda_time_total")))
             f.write(sorted_table(avg, ("self_cpu_time_total",)))
@@ -236,10 +262,12 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=None, help="vocabulary of a tiny preset")
     ap.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in the hsdpo run")
     ap.add_argument("--skip-plain", action="store_true")
+    ap.add_argument("--plain-compile", action="store_true", help="also a plain-loop row with torch.compile (as hsdpo's)")
     ap.add_argument("--skip-default", action="store_true", help="no default hsdpo row (only --variant rows)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME:JSON",
                     help="an extra hsdpo row with these DPOConfig field changes (repeatable)")
     ap.add_argument("--profile", type=int, default=0, metavar="K", help="also profile K steps of plain and hsdpo")
+    ap.add_argument("--profile-changes", metavar="JSON", help="DPOConfig changes for the profiled hsdpo run")
     ap.add_argument("--out", help="JSON results path (required unless --table)")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print one table of the rows in these result files and exit")
     args = ap.parse_args()
@@ -267,6 +295,8 @@ def main() -> None:
         add(run_plain(args, args.device, pairs))
     if not args.skip_default:
         add(run_hsdpo(args, args.device, pairs))
+    if args.plain_compile:
+        add(run_plain(args, args.device, pairs, compiled=True))
     for name, changes in variants:
         try:
             add(run_hsdpo(args, args.device, pairs, name=f"hsdpo {name}", changes=changes))
