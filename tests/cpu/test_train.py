@@ -240,24 +240,24 @@ def grad_reduction(engine, t, accum):  # records which path each backward took
     return ctx
 strategy.grad_reduction = grad_reduction
 out = {}
-for coalesce in (True, False):
-    for micro in (4, 2):
-        seen.clear()
-        cfg = DPOConfig(steps=4, batch_size=4, micro_batch_size=micro, max_length=64, lr=2e-3, beta=0.5,
-                        min_lr_ratio=1.0, coalesce_grad_reduction=coalesce)
-        spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "model_path": model_dir,
-                "tokenizer_path": model_dir, "out_dir": None, "export": False}
-        hist = train_worker(spec, rows=rows)
-        out[f"{coalesce} {micro}"] = {"coalesced": sorted(set(seen)), "loss": [h["loss"] for h in hist],
-                                      "grad_norm": [h["grad_norm"] for h in hist]}
+for key in ("True 4", "True 2", "False 4", "False 2", "True 4 lora", "False 4 lora"):
+    coalesce, micro = key.split()[0] == "True", int(key.split()[1])
+    seen.clear()
+    cfg = DPOConfig(steps=4, batch_size=4, micro_batch_size=micro, max_length=64, lr=2e-3, beta=0.5,
+                    min_lr_ratio=1.0, coalesce_grad_reduction=coalesce, lora={"enabled": key.endswith("lora")})
+    spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "model_path": model_dir,
+            "tokenizer_path": model_dir, "out_dir": None, "export": False}
+    hist = train_worker(spec, rows=rows)
+    out[key] = {"coalesced": sorted(set(seen)), "loss": [h["loss"] for h in hist],
+                "grad_norm": [h["grad_norm"] for h in hist]}
 print("RESULT", json.dumps(out), flush=True)
 """
 
 
 def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_hooks(tiny_model_dir, tmp_path):
     """World of one, one micro-batch a step: ZeRO-2 reduces gradients in one pass after backward
-    (DeepSpeed's coalesce_grad_reduction), and the run is the same as with a hook a parameter; with
-    gradient accumulation the hooks stay."""
+    (DeepSpeed's coalesce_grad_reduction), and the run is the same as with a hook a parameter, also
+    with LoRA; with gradient accumulation the hooks stay."""
     import subprocess
     import sys
 
@@ -277,6 +277,10 @@ def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_ho
     for key in ("True 4", "True 2", "False 2"):
         assert out[key]["loss"] == pytest.approx(ref["loss"], rel=1e-6)
         assert out[key]["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
+    lora, ref = out["True 4 lora"], out["False 4 lora"]  # frozen base weights: only adapters reduced
+    assert lora["coalesced"] == [True] and ref["coalesced"] == [False] and ref["loss"][-1] < ref["loss"][0]
+    assert lora["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    assert lora["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
 
 
 def test_dpo_rows_count_unusable_pairs_as_rejects(run):
