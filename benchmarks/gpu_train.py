@@ -12,8 +12,9 @@ size 1 (no Ray). The default shape is Qwen2.5-1.5B (random weights): hidden 1536
         --profile 3 --out /tmp/gpu_train.json                                     # more rows + where time goes
 
 `--variant NAME:JSON` adds an hsdpo row with those DPOConfig fields changed (repeatable); `--profile K`
-runs K more steps of the plain loop and of the default hsdpo row under torch.profiler and writes the
-top kernels and ops (device and host time) next to `--out`.
+runs the plain loop and an hsdpo row (default, or `--profile-changes JSON`) once more and records K
+steps after the warm-up under torch.profiler; the top kernels and ops (device and host time) go next
+to `--out`. `--plain-compile` adds the plain loop under torch.compile.
 
 MFU = model FLOPs / step time / peak dense bf16 FLOP/s (hsdpo.train.mfu): 6 x matmul params per
 (non-pad) token, less the LM head's share at the positions where it does not run (the prompt: log-probs
