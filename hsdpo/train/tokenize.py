@@ -9,7 +9,8 @@ at most its last `max_length // 2` tokens, the completion is cut on the right; `
 `sequence_logps` never materialises the full `[B, T, V]` fp32 logits, and never computes logits
 that nothing reads: the LM head and log-softmax run only at the positions whose next token is scored
 (completion tokens; not the prompt, not padding), gathered into one `[M, H]` block and cut into
-chunks, each under activation checkpointing, so backward recomputes one chunk's logits at a time.
+chunks, each under activation checkpointing by default, so backward recomputes one chunk's logits
+at a time (`recompute=False`, config `logp_recompute`, keeps them instead: faster, more memory).
 On GSM8K the formatted question is 47 % of a question + solution (by characters), so this skips
 about half of the head's work on real tokens and all of it on padding (at Qwen2.5-1.5B's vocabulary
 of 152k the head is 15 % of the model's matmul FLOPs and most of its element-wise traffic).
