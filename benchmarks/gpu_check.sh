@@ -11,7 +11,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_out}
 DEADLINE=${DEADLINE:-540}
-ROWS=${ROWS:-"plain compile_norecomp best_nocheck profile compile compile_nocoal compile_bf16states nocoal norecomp fp32accum bucket all"}
+ROWS=${ROWS:-"plain compile_norecomp classic_best profile compile classic compile_nocoal compile_bf16states nocoal norecomp fp32accum bucket all"}
 mkdir -p "$OUT/rows"
 WHEELS=${WHEELS-.whl}  # WHEELS= (empty): use what this python has
 if [ -n "$WHEELS" ] && [ -d "$WHEELS" ]; then
@@ -38,10 +38,10 @@ python3 -c "import torch, transformers, deepspeed; print('torch', torch.__versio
 #               diagnostic that tells the fp32 optimiser traffic apart from the rest of ZeRO-2's cost
 #   all         compile + norecomp + fp32accum + bucket
 #   compile_X   compile and X together
-#   best_nocheck compile + norecomp (the best rows so far) without DeepSpeed's bf16 overflow check,
-#               which tests every gradient for inf/NaN (two reductions a parameter) and reads
-#               the result on the host before each step (bf16.check_grad_overflow=false; then
-#               DeepSpeed no longer skips a step on a non-finite gradient norm)
+#   classic     fused_clip=false and DeepSpeed's throughput timer on: DeepSpeed's per-parameter
+#               gradient norm and bf16 inf/NaN check (read on the host before each step) and the
+#               timer's device synchronize at every forward and step -- the default before fused_clip
+#   classic_best compile + norecomp, classic: the best row of the runs before fused_clip
 ALL='{"compile": true, "logp_recompute": false, "deepspeed": {"data_types": {"grad_accum_dtype": "fp32"}, "zero_optimization": {"reduce_bucket_size": 2e9, "allgather_bucket_size": 2e9}}}'
 declare -A VARIANT=(
   [compile]='{"compile": true}'
@@ -53,11 +53,12 @@ declare -A VARIANT=(
   [nocoal]='{"coalesce_grad_reduction": false}'
   [compile_nocoal]='{"compile": true, "coalesce_grad_reduction": false}'
   [compile_norecomp]='{"compile": true, "logp_recompute": false}'
-  [best_nocheck]='{"compile": true, "logp_recompute": false, "deepspeed": {"bf16": {"check_grad_overflow": false}}}'
+  [classic]='{"fused_clip": false, "deepspeed": {"timers": {"throughput": {"enabled": true}}}}'
+  [classic_best]='{"compile": true, "logp_recompute": false, "fused_clip": false, "deepspeed": {"timers": {"throughput": {"enabled": true}}}}'
   [compile_bf16states]='{"compile": true, "deepspeed": {"bf16": {"bf16_master_weights_and_grads": true, "bf16_optimizer_states": true}}}'
 )
 # seconds a row is given (and needs left before DEADLINE to start)
-declare -A BUDGET=([plain]=200 [profile]=110 [compile]=90 [all]=100 [compile_nocoal]=90 [compile_norecomp]=90 [compile_bf16states]=90 [best_nocheck]=90 [norecomp]=60 [nocoal]=60 [fp32accum]=60 [bucket]=60 [bf16states]=60)
+declare -A BUDGET=([plain]=200 [profile]=110 [compile]=90 [all]=100 [compile_nocoal]=90 [compile_norecomp]=90 [compile_bf16states]=90 [classic_best]=90 [classic]=60 [norecomp]=60 [nocoal]=60 [fp32accum]=60 [bucket]=60 [bf16states]=60)
 
 row() {  # row NAME: run it if it fits
   local name=$1 need=${BUDGET[$1]:-60} left=$((DEADLINE - SECONDS))

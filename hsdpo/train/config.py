@@ -49,6 +49,7 @@ class TrainConfig(StrictModel):
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
     compile: bool = Field(False, description="torch.compile each decoder layer (torchtune style) and the LM-head log-softmax chunk; the first steps pay the compile; ZeRO-2 only")
     coalesce_grad_reduction: bool = Field(True, description="one rank, one micro-batch a step, ZeRO-2: reduce gradients in one pass after backward (DeepSpeed's coalesce_grad_reduction) instead of a hook a parameter during it; ignored elsewhere")
+    fused_clip: bool = Field(True, description="ZeRO-2 without offload: gradient norm, clipping and the inf/NaN step skip run on the device in the fused AdamW over ZeRO's flat fp32 partition, instead of DeepSpeed's per-parameter norm and overflow checks (thousands of small kernels and four device reads a step); ignored elsewhere")
     deepspeed: dict[str, Any] = Field(
         default_factory=dict,
         description="extra DeepSpeed config, deep-merged over the one built from these fields (e.g. zero_optimization"
@@ -93,7 +94,8 @@ class TrainConfig(StrictModel):
 # zero_optimization.reduce_bucket_size, are the user's.
 OWN_DS_KEYS = ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps",
                "gradient_clipping", "fp16", "optimizer", "scheduler")
-OWN_DS_SUBKEYS = {"zero_optimization": ("stage", "offload_optimizer", "offload_param"), "bf16": ("enabled",)}
+OWN_DS_SUBKEYS = {"zero_optimization": ("stage", "offload_optimizer", "offload_param", "compute_grad_norm"),
+                  "bf16": ("enabled",)}
 
 
 class SFTConfig(TrainConfig):

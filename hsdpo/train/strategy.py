@@ -10,6 +10,15 @@ to `deepspeed.initialize`, so no DeepSpeed op is compiled at start; with `offloa
 own CPU Adam is used instead (ZeRO-Offload needs it; also on a CPU-only machine). DeepSpeed compiles
 that op on first use (a C++ compiler and ninja; a few minutes, then cached in ~/.cache/torch_extensions).
 
+Clipping (`fused_clip`, ZeRO-2 without offload): DeepSpeed hands the optimizer one flat fp32
+gradient partition per rank, so the global norm is one reduction over it (and one all-reduce of a
+scalar across ranks); the clip factor and the inf/NaN skip go into the fused AdamW kernel as its
+`grad_scale` and `found_inf` (the arguments torch's GradScaler uses), all on the device. DeepSpeed's
+own path takes a norm per parameter and, under bf16, tests every gradient for inf/NaN, then reads
+both results back to the host: with the 338 tensors of Qwen2.5-1.5B about 5,100 small kernels and
+four device reads a step (`benchmarks/step_overhead.py`).
+DeepSpeed's throughput timer, which synchronises the device at every forward and step, is off.
+
 Checkpoints: `engine.save_checkpoint` (every rank writes its shard). A checkpoint written by N ranks
 resumes on M != N ranks through DeepSpeed's universal checkpoint: rank 0 converts it
 (`ds_to_universal`) next to the original, and the engine is built with `load_universal`.
@@ -89,11 +98,23 @@ def ds_config(t: TrainConfig, micro_batch: int, accum: int) -> dict[str, Any]:
         "bf16": {"enabled": use_bf16(t)},
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
+        # on by default, and it synchronises the device at each forward and step; we time steps ourselves
+        "timers": {"throughput": {"enabled": False}},
     }
+    if fused_clip(t):  # clipping and the inf/NaN skip run in the optimizer (`clip_hook`)
+        cfg["gradient_clipping"] = 0.0
+        zero["compute_grad_norm"] = False
+        if use_bf16(t):
+            cfg["bf16"]["check_grad_overflow"] = False
     if t.offload:
         cfg["optimizer"] = {"type": "AdamW", "params": {"lr": t.lr, "betas": list(t.adam_betas),
                                                         "weight_decay": t.weight_decay}}
     return deep_merge(cfg, t.deepspeed)
+
+
+def fused_clip(t: TrainConfig) -> bool:
+    """Whether gradient norm, clipping and the inf/NaN skip run in the fused AdamW (module docstring)."""
+    return t.fused_clip and t.zero_stage == 2 and not t.offload
 
 
 def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
@@ -126,12 +147,67 @@ def initialize(module: torch.nn.Module, t: TrainConfig, micro_batch: int, accum:
     optimizer = None
     if not t.offload:
         optimizer = torch.optim.AdamW(params, lr=t.lr, betas=tuple(t.adam_betas), weight_decay=t.weight_decay,
-                                      fused=t.use_gpu)
+                                      fused=t.use_gpu or fused_clip(t))
+        if fused_clip(t):
+            optimizer.hsdpo_clip = ClipHook(t.max_grad_norm)
+            optimizer.register_step_pre_hook(optimizer.hsdpo_clip)
     engine, _, _, _ = deepspeed.initialize(
         model=module, model_parameters=params, optimizer=optimizer, config=cfg,
         lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(t)),  # stepped by engine.step()
     )
     return engine
+
+
+class ClipHook:
+    """Step pre-hook of the client AdamW under `fused_clip`. DeepSpeed's ZeRO-2 calls the optimizer with
+    this rank's flat fp32 gradient partition (one parameter a group, one group); the squares of the
+    partitions sum to the global norm across ranks. The kernel divides the gradient by `grad_scale`
+    = max(1, (norm + 1e-6) / max_norm), DeepSpeed's own clip factor, and leaves parameters, moments
+    and step count untouched when `found_inf` is 1. Nothing is read back to the host: `norm` and
+    `skipped` stay on the device until the metrics are logged (`grad_norm`, `skipped_steps`)."""
+
+    def __init__(self, max_norm: float):
+        self.max_norm = max_norm
+        self.norm: torch.Tensor | None = None
+        self.skipped: torch.Tensor | None = None
+
+    def __call__(self, opt: torch.optim.Optimizer, args, kwargs) -> None:
+        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if not grads:
+            return
+        sq = torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in grads]).square().sum()
+        norm = all_reduce_sum(sq).sqrt()
+        found_inf = (~torch.isfinite(norm)).float()
+        opt.found_inf = found_inf
+        if self.max_norm > 0:
+            opt.grad_scale = torch.clamp((norm + 1e-6) / self.max_norm, min=1.0)
+        self.norm = norm
+        self.skipped = found_inf if self.skipped is None else self.skipped + found_inf
+
+
+def clip_hook(engine) -> ClipHook | None:
+    return getattr(getattr(engine.optimizer, "optimizer", engine.optimizer), "hsdpo_clip", None)
+
+
+def grad_norm(engine) -> float:
+    """The last step's global gradient norm, before clipping (reads the device)."""
+    hook = clip_hook(engine)
+    norm = hook.norm if hook is not None else engine.get_global_grad_norm()
+    return float(norm) if norm is not None else 0.0
+
+
+def take_skipped_steps(engine) -> int:
+    """Steps skipped for an inf/NaN gradient since the last call (reads the device). With `fused_clip`
+    the scheduler still advances on such a step; DeepSpeed's own check counts `engine.skipped_steps`."""
+    hook = clip_hook(engine)
+    if hook is None:
+        n = int(engine.skipped_steps)
+        seen = getattr(engine, "_hsdpo_skipped_seen", 0)
+        engine._hsdpo_skipped_seen = n
+        return n - seen
+    n = int(hook.skipped.item()) if hook.skipped is not None else 0
+    hook.skipped = None
+    return n
 
 
 def grad_reduction(engine, t: TrainConfig, accum: int):

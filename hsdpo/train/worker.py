@@ -313,7 +313,8 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
             if done % t.log_every == 0 or done == t.steps or ckpt:
                 row = reduce_metrics(sums)  # syncs the device once
                 dt = time.perf_counter() - t0
-                row.update(step=done, lr=lr, grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                row.update(step=done, lr=lr, grad_norm=strategy.grad_norm(engine),
+                           skipped_steps=strategy.take_skipped_steps(engine),
                            tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
                 row["mfu"] = (step_flops(n_flop, head_flop, tokens, scored) / dt / (peak * world)) if peak else None
                 log.add(row)

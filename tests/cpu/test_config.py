@@ -67,8 +67,15 @@ def test_deepspeed_extras_merge_into_the_built_config():
     assert ds["zero_optimization"]["reduce_bucket_size"] == 1000 and ds["wall_clock_breakdown"] is True
     # the rest of the section is kept, and our own fields still decide theirs
     assert ds["zero_optimization"]["stage"] == 2 and ds["zero_optimization"]["contiguous_gradients"] is True
-    assert ds["gradient_clipping"] == 0.5 and ds["train_micro_batch_size_per_gpu"] == 8
-    assert ds["bf16"] == {"enabled": True, "immediate_grad_update": True}
+    assert ds["train_micro_batch_size_per_gpu"] == 8 and ds["timers"] == {"throughput": {"enabled": False}}
+    # fused_clip (default): the clip runs in the optimizer, so DeepSpeed neither clips nor checks
+    assert ds["gradient_clipping"] == 0.0 and ds["zero_optimization"]["compute_grad_norm"] is False
+    assert ds["bf16"] == {"enabled": True, "immediate_grad_update": True, "check_grad_overflow": False}
+    classic = ds_config(cfg.dpo.model_copy(update={"fused_clip": False}), micro_batch=8, accum=2)
+    assert classic["gradient_clipping"] == 0.5 and "compute_grad_norm" not in classic["zero_optimization"]
+    assert classic["bf16"] == {"enabled": True, "immediate_grad_update": True}
+    with pytest.raises(ConfigError, match="zero_optimization.compute_grad_norm is set from hsdpo's own fields"):
+        load_config(None, ["dpo.deepspeed.zero_optimization.compute_grad_norm=false"])
 
 
 def test_missing_file_names_path(tmp_path):

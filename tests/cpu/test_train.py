@@ -283,6 +283,81 @@ def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_ho
     assert lora["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
 
 
+FUSED_CLIP_WORKER = """
+import json, sys
+import torch
+import hsdpo.train.strategy as strategy
+from hsdpo.model import load_tokenizer
+from hsdpo.train.config import DPOConfig
+from hsdpo.train.worker import train_worker
+from transformers import AutoModelForCausalLM
+
+model_dir, rows_path = sys.argv[1:]
+rows = json.load(open(rows_path))
+out = {}
+for fused in (True, False):
+    for precision in ("fp32", "bf16"):
+        cfg = DPOConfig(steps=4, batch_size=4, micro_batch_size=4, max_length=64, lr=2e-3, beta=0.5, min_lr_ratio=1.0,
+                        max_grad_norm=0.05, fused_clip=fused, precision=precision)
+        spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "model_path": model_dir,
+                "tokenizer_path": model_dir, "out_dir": None, "export": False}
+        hist = train_worker(spec, rows=rows)
+        out[f"{fused} {precision}"] = {k: [h[k] for h in hist] for k in ("loss", "grad_norm", "skipped_steps")}
+
+# a NaN loss: its step is skipped (weights, moments and step count kept) and counted, on both paths
+for fused in (True, False):
+    t = DPOConfig(steps=4, batch_size=2, micro_batch_size=2, lr=1e-2, fused_clip=fused)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    engine = strategy.initialize(model, t, 2, 1)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    seen = []
+    for scale in (float("nan"), 1.0, float("inf")):
+        before = [p.detach().clone() for p in engine.module.parameters()]
+        with strategy.grad_reduction(engine, t, 1):
+            engine.backward(engine(input_ids=ids).logits.float().logsumexp(-1).mean() * scale)
+        engine.step()
+        moved = any(not torch.equal(a, p) for a, p in zip(before, engine.module.parameters()))
+        finite = all(bool(torch.isfinite(p).all()) for p in engine.module.parameters())
+        seen.append([moved, finite, strategy.take_skipped_steps(engine)])
+    out[f"nan {fused}"] = {"seen": seen, "clipping": engine.config["gradient_clipping"],
+                           "compute_grad_norm": engine.config["zero_optimization"].get("compute_grad_norm", True),
+                           "throughput_timer": engine.config["timers"]["throughput"]["enabled"]}
+print("RESULT", json.dumps(out), flush=True)
+"""
+
+
+def test_fused_clip_equals_deepspeeds_clipping_and_skips_non_finite_steps(tiny_model_dir, tmp_path):
+    """ZeRO-2's gradient norm, clip and inf/NaN skip inside the fused AdamW (`fused_clip`) train as
+    DeepSpeed's own per-parameter path does, with clipping active every step (max_grad_norm 0.05), in
+    fp32 and bf16; a NaN or inf loss leaves weights untouched on both paths and is counted."""
+    import subprocess
+    import sys
+
+    rows = [{"pair_id": f"p{i}", "prompt": "Question: 3 and 4?\nAnswer: ", "chosen": f"3 + 4 = {7 + i}\n#### {7 + i}",
+             "rejected": f"#### {9 - i}", "weight": [0.5, 1.0, 2.0, 1.5][i], "ref_chosen_logp": -5.0 - i,
+             "ref_rejected_logp": -6.0} for i in range(4)]
+    (tmp_path / "rows.json").write_text(json.dumps(rows))
+    proc = subprocess.run([sys.executable, "-c", FUSED_CLIP_WORKER, str(tiny_model_dir), str(tmp_path / "rows.json")],
+                          capture_output=True, text=True, timeout=300)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert proc.returncode == 0 and line, proc.stderr[-3000:]
+    out = json.loads(line[0][len("RESULT "):])
+    ref = out["False fp32"]
+    assert min(ref["grad_norm"]) > 0.05 and ref["loss"][-1] < ref["loss"][0]  # clipped every step, and trains
+    assert out["True fp32"]["loss"] == pytest.approx(ref["loss"], rel=1e-6)
+    assert out["True fp32"]["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
+    assert out["True bf16"]["loss"] == pytest.approx(out["False bf16"]["loss"], rel=1e-4)
+    assert out["True bf16"]["grad_norm"] == pytest.approx(out["False bf16"]["grad_norm"], rel=1e-4)
+    assert all(out[k]["skipped_steps"] == [0] * 4 for k in ("True fp32", "False fp32", "True bf16", "False bf16"))
+    for fused in (True, False):
+        nan = out[f"nan {fused}"]
+        assert nan["seen"] == [[False, True, 1], [True, True, 0], [False, True, 1]], fused
+        assert nan["throughput_timer"] is False  # it synchronises the device at every forward and step
+    assert out["nan True"]["clipping"] == 0 and out["nan True"]["compute_grad_norm"] is False  # ours, not DeepSpeed's
+    assert out["nan False"]["clipping"] == 1.0 and out["nan False"]["compute_grad_norm"] is True
+
+
 def test_dpo_rows_count_unusable_pairs_as_rejects(run):
     from hsdpo.train.dpo import dpo_rows
 
