@@ -254,10 +254,8 @@ print("RESULT", json.dumps(out), flush=True)
 """
 
 
-def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_hooks(tiny_model_dir, tmp_path):
-    """World of one, one micro-batch a step: ZeRO-2 reduces gradients in one pass after backward
-    (DeepSpeed's coalesce_grad_reduction), and the run is the same as with a hook a parameter, also
-    with LoRA; with gradient accumulation the hooks stay."""
+def _four_pair_worker(script: str, model_dir: Path, tmp_path: Path) -> dict:
+    """Run `script` (a plain-process worker, world size 1) on four fixed pairs; its RESULT line."""
     import subprocess
     import sys
 
@@ -265,11 +263,18 @@ def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_ho
              "rejected": f"#### {9 - i}", "weight": [0.5, 1.0, 2.0, 1.5][i], "ref_chosen_logp": -5.0 - i,
              "ref_rejected_logp": -6.0} for i in range(4)]
     (tmp_path / "rows.json").write_text(json.dumps(rows))
-    proc = subprocess.run([sys.executable, "-c", COALESCE_WORKER, str(tiny_model_dir), str(tmp_path / "rows.json")],
+    proc = subprocess.run([sys.executable, "-c", script, str(model_dir), str(tmp_path / "rows.json")],
                           capture_output=True, text=True, timeout=300)
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     assert proc.returncode == 0 and line, proc.stderr[-3000:]
-    out = json.loads(line[0][len("RESULT "):])
+    return json.loads(line[0][len("RESULT "):])
+
+
+def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_hooks(tiny_model_dir, tmp_path):
+    """World of one, one micro-batch a step: ZeRO-2 reduces gradients in one pass after backward
+    (DeepSpeed's coalesce_grad_reduction), and the run is the same as with a hook a parameter, also
+    with LoRA; with gradient accumulation the hooks stay."""
+    out = _four_pair_worker(COALESCE_WORKER, tiny_model_dir, tmp_path)
     assert out["True 4"]["coalesced"] == [True]  # engaged only where it applies
     assert out["True 2"]["coalesced"] == out["False 4"]["coalesced"] == out["False 2"]["coalesced"] == [False]
     ref = out["False 4"]
@@ -331,18 +336,7 @@ def test_fused_clip_equals_deepspeeds_clipping_and_skips_non_finite_steps(tiny_m
     """ZeRO-2's gradient norm, clip and inf/NaN skip inside the fused AdamW (`fused_clip`) train as
     DeepSpeed's own per-parameter path does, with clipping active every step (max_grad_norm 0.05), in
     fp32 and bf16; a NaN or inf loss leaves weights untouched on both paths and is counted."""
-    import subprocess
-    import sys
-
-    rows = [{"pair_id": f"p{i}", "prompt": "Question: 3 and 4?\nAnswer: ", "chosen": f"3 + 4 = {7 + i}\n#### {7 + i}",
-             "rejected": f"#### {9 - i}", "weight": [0.5, 1.0, 2.0, 1.5][i], "ref_chosen_logp": -5.0 - i,
-             "ref_rejected_logp": -6.0} for i in range(4)]
-    (tmp_path / "rows.json").write_text(json.dumps(rows))
-    proc = subprocess.run([sys.executable, "-c", FUSED_CLIP_WORKER, str(tiny_model_dir), str(tmp_path / "rows.json")],
-                          capture_output=True, text=True, timeout=300)
-    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    assert proc.returncode == 0 and line, proc.stderr[-3000:]
-    out = json.loads(line[0][len("RESULT "):])
+    out = _four_pair_worker(FUSED_CLIP_WORKER, tiny_model_dir, tmp_path)
     ref = out["False fp32"]
     assert min(ref["grad_norm"]) > 0.05 and ref["loss"][-1] < ref["loss"][0]  # clipped every step, and trains
     assert out["True fp32"]["loss"] == pytest.approx(ref["loss"], rel=1e-6)
