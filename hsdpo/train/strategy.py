@@ -101,7 +101,7 @@ def ds_config(t: TrainConfig, micro_batch: int, accum: int) -> dict[str, Any]:
         # on by default, and it synchronises the device at each forward and step; we time steps ourselves
         "timers": {"throughput": {"enabled": False}},
     }
-    if fused_clip(t):  # clipping and the inf/NaN skip run in the optimizer (`clip_hook`)
+    if fused_clip(t):  # clipping and the inf/NaN skip run in the optimizer (`ClipHook`)
         cfg["gradient_clipping"] = 0.0
         zero["compute_grad_norm"] = False
         if use_bf16(t):
