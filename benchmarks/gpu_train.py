@@ -14,7 +14,8 @@ size 1 (no Ray). The default shape is Qwen2.5-1.5B (random weights): hidden 1536
 `--variant NAME:JSON` adds an hsdpo row with those DPOConfig fields changed (repeatable); `--profile K`
 runs the plain loop and an hsdpo row (default, or `--profile-changes JSON`) once more and records K
 steps after the warm-up under torch.profiler; the top kernels and ops (device and host time) go next
-to `--out`. `--plain-compile` adds the plain loop under torch.compile.
+to `--out`, headed by the places that read the device in those steps (CUDA's sync debug mode).
+`--plain-compile` adds the plain loop under torch.compile.
 
 MFU = model FLOPs / step time / peak dense bf16 FLOP/s (hsdpo.train.mfu): 6 x matmul params per
 (non-pad) token, less the LM head's share at the positions where it does not run (the prompt: log-probs
@@ -24,11 +25,13 @@ are taken at scored positions only, in both loops); unknown devices report none.
 from __future__ import annotations
 
 import argparse
+import collections
 import gc
 import json
 import os
 import random
 import time
+import warnings
 
 import torch
 
@@ -202,13 +205,30 @@ def profile(args, device: str, pairs: list[dict], out_prefix: str) -> list[str]:
     written = []
     for tag, fn, kw in (("plain", run_plain, {}), ("hsdpo", run_hsdpo, {"changes": changes})):
         # the profiler's own warm-up step is one of ours: `args.warmup` steps in all before K recorded
-        warm = max(1, args.warmup)
-        with torch_profile(activities=acts, schedule=schedule(wait=warm - 1, warmup=1, active=args.profile, repeat=1)) as prof:
-            fn(args, device, pairs, steps=args.profile, warmup=warm, step_hook=prof.step, **kw)
+        warm, done = max(1, args.warmup), [0]
+        with torch_profile(activities=acts, schedule=schedule(wait=warm - 1, warmup=1, active=args.profile, repeat=1)) as prof, \
+                warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+
+            def step_hook():
+                prof.step()
+                done[0] += 1
+                if done[0] == warm and device == "cuda":  # from here on, every device read warns
+                    torch.cuda.set_sync_debug_mode("warn")
+
+            try:
+                fn(args, device, pairs, steps=args.profile, warmup=warm, step_hook=step_hook, **kw)
+            finally:
+                if device == "cuda":
+                    torch.cuda.set_sync_debug_mode(0)
+        reads = collections.Counter(f"{os.path.relpath(w.filename)}:{w.lineno}" for w in caught
+                                    if "synchroniz" in str(w.message))
         avg = prof.key_averages()
         path = f"{out_prefix}.profile_{tag}.txt"
         with open(path, "w") as f:
             f.write(f"{tag}: {args.profile} steps recorded after {warm} warm-up steps; {kw.get('changes') or ''}\n")
+            f.write(f"== device reads in the recorded steps (torch.cuda sync debug mode): {sum(reads.values())}\n")
+            f.writelines(f"{n:6d}  {where}\n" for where, n in reads.most_common(20))
             if device == "cuda":
                 f.write(sorted_table(avg, ("self_device_time_total", "self_cuda_time_total")))
             f.write(sorted_table(avg, ("self_cpu_time_total",)))
