@@ -3,16 +3,34 @@ a new local Ray. The only place that calls `ray.init`."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
 
 from hsdpo.config import RayConfig
 
+# Ray Train's placement-group cleaner asks the State API (served by the dashboard) whether the
+# controller is alive, and warns every few seconds when it cannot
+PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_worker() -> None:
+    """Worker setup hook of a local Ray started without a dashboard: the cleaner's State API warning
+    would flood the driver's log for the length of every training run, and says nothing there."""
+    logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+
 
 def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
+    ray.init(**init_kwargs(cfg))
+    # progress bars on both paths (local and cluster); HSDPO_PROGRESS=0 turns them off
+    ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("HSDPO_PROGRESS", "1") != "0"
+
+
+def init_kwargs(cfg: RayConfig) -> dict:
+    """`ray.init` arguments: join a cluster, or start a local Ray (no dashboard, quiet workers)."""
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"log_to_driver": True}
     if cfg.runtime_env:
@@ -21,10 +39,9 @@ def init_ray(cfg: RayConfig) -> None:
         kwargs["address"] = address
     else:
         kwargs["include_dashboard"] = False
+        kwargs["runtime_env"] = {"worker_process_setup_hook": "hsdpo.rayutil.quiet_worker", **cfg.runtime_env}
         if cfg.num_cpus is not None:
             kwargs["num_cpus"] = cfg.num_cpus
         if cfg.object_store_memory_gb is not None:
             kwargs["object_store_memory"] = int(cfg.object_store_memory_gb * 2**30)
-    ray.init(**kwargs)
-    # progress bars on both paths (local and cluster); HSDPO_PROGRESS=0 turns them off
-    ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("HSDPO_PROGRESS", "1") != "0"
+    return kwargs

@@ -138,3 +138,32 @@ def test_every_recipe_parses():
         if p.name == "runtime_env.yaml":
             continue
         load_config(p)
+
+
+def test_a_local_ray_quiets_ray_trains_state_api_warning_and_a_cluster_is_left_alone(monkeypatch):
+    """Started here without a dashboard, Ray has no State API, and Ray Train's placement-group
+    cleaner warned every few seconds of every training run (23 lines in a 20 s run). Workers of a
+    local Ray silence that one logger; a cluster, and a hook of the user's own, are left as they are."""
+    import logging
+
+    from ray.train.v2._internal.execution.controller import placement_group_cleaner
+
+    from hsdpo.config import RayConfig
+    from hsdpo.rayutil import PG_CLEANER_LOGGER, init_kwargs, quiet_worker
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert placement_group_cleaner.logger.name == PG_CLEANER_LOGGER  # still where Ray logs it
+    local = init_kwargs(RayConfig(num_cpus=2, runtime_env={"env_vars": {"A": "1"}}))
+    assert local["include_dashboard"] is False and local["num_cpus"] == 2
+    assert local["runtime_env"] == {"worker_process_setup_hook": "hsdpo.rayutil.quiet_worker", "env_vars": {"A": "1"}}
+    own = init_kwargs(RayConfig(runtime_env={"worker_process_setup_hook": "mine.setup"}))
+    assert own["runtime_env"] == {"worker_process_setup_hook": "mine.setup"}
+    cluster = init_kwargs(RayConfig(address="ray://head:10001"))
+    assert cluster == {"log_to_driver": True, "address": "ray://head:10001"}
+    logger = logging.getLogger(PG_CLEANER_LOGGER)
+    level = logger.level
+    try:
+        quiet_worker()
+        assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
+    finally:
+        logger.setLevel(level)
