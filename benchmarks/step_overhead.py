@@ -10,13 +10,13 @@ host; that is the part of a step that does not shrink with a faster GPU. This co
 parameter layout of Qwen2.5-1.5B (28 decoder layers: 338 tensors) at a tiny width, so the count is
 exact and the CPU wall time is host overhead rather than arithmetic.
 
-    python benchmarks/step_overhead.py                 # ~1 min on 2 CPU cores
+    python benchmarks/step_overhead.py                 # ~20 s on 2 CPU cores
     python benchmarks/step_overhead.py --layers 4      # a smaller layout
 
 Prints one row per loop: ops dispatched in backward (with ZeRO's gradient reduction) and in the
 optimizer step (compute ops, views, device reads), DeepSpeed's device synchronizes in the whole
-step (forward to optimizer), host ms of backward and of the optimizer step; then the ratios
-against the plain loop.
+step (forward to optimizer), median host ms of backward and of the optimizer step (timed in other
+steps, run without the counting); then the ratios against the plain loop.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import argparse
 import collections
 import json
 import logging
+import statistics
 import time
 
 import torch
@@ -89,22 +90,29 @@ def loss_of(model, ids):
 
 
 def measure(name: str, backward, step, forward, steps: int, warmup: int) -> dict:
-    counts, times = {}, collections.defaultdict(list)
-    for i in range(warmup + steps):
-        with SyncCount() as sync:
-            loss = forward()
-            t0 = time.perf_counter()
-            with OpCount() as bw:
-                backward(loss)
-            t1 = time.perf_counter()
-            with OpCount() as st:
-                step()
-            t2 = time.perf_counter()
-        if i >= warmup:
-            times["backward"].append(t1 - t0)
-            times["step"].append(t2 - t1)
-        counts = {"backward": bw.summary(), "step": {**st.summary(), "synchronize": sync.n}}
-    return {"name": name, **counts, **{f"{k}_ms": 1e3 * sum(v) / len(v) for k, v in times.items()}}
+    """Ops counted in one step under the dispatch mode; host times from `steps` other steps run
+    without it (the mode's Python call per op would otherwise be most of what is timed)."""
+    for _ in range(warmup):
+        backward(forward())
+        step()
+    with SyncCount() as sync:
+        loss = forward()
+        with OpCount() as bw:
+            backward(loss)
+        with OpCount() as st:
+            step()
+    times = collections.defaultdict(list)
+    for _ in range(steps):
+        loss = forward()
+        t0 = time.perf_counter()
+        backward(loss)
+        t1 = time.perf_counter()
+        step()
+        t2 = time.perf_counter()
+        times["backward"].append(t1 - t0)
+        times["step"].append(t2 - t1)
+    counts = {"backward": bw.summary(), "step": {**st.summary(), "synchronize": sync.n}}
+    return {"name": name, **counts, **{f"{k}_ms": 1e3 * statistics.median(v) for k, v in times.items()}}
 
 
 def run_plain(args, ids) -> dict:
@@ -140,7 +148,7 @@ def run_hsdpo(args, ids, name: str, changes: dict) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=28, help="decoder layers (28 = Qwen2.5-1.5B: 338 tensors)")
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--out", default=None, help="also write the rows as JSON here")
     args = ap.parse_args()
