@@ -328,6 +328,35 @@ for fused in (True, False):
     out[f"nan {fused}"] = {"seen": seen, "clipping": engine.config["gradient_clipping"],
                            "compute_grad_norm": engine.config["zero_optimization"].get("compute_grad_norm", True),
                            "throughput_timer": engine.config["timers"]["throughput"]["enabled"]}
+
+# what backward + step read back from the device (on a GPU each read drains the queue): counted
+# with a dispatch mode; DeepSpeed's synchronize calls counted through its accelerator
+from deepspeed.accelerator import get_accelerator
+from torch.utils._python_dispatch import TorchDispatchMode
+
+class Reads(TorchDispatchMode):
+    n = 0
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += func.overloadpacket.__name__ in ("_local_scalar_dense", "is_nonzero")
+        return func(*args, **(kwargs or {}))
+
+acc = get_accelerator()
+plain_sync = acc.synchronize
+for fused in (True, False):
+    t = DPOConfig(steps=4, batch_size=2, micro_batch_size=2, precision="bf16", fused_clip=fused)
+    engine = strategy.initialize(AutoModelForCausalLM.from_pretrained(model_dir), t, 2, 1)
+    ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    syncs = []
+    acc.synchronize = lambda *a, **k: (syncs.append(1), plain_sync(*a, **k))[1]
+    for step in range(2):  # the second step is counted: the first one also builds state
+        loss = engine(input_ids=ids).logits.float().logsumexp(-1).mean()
+        syncs.clear()
+        with Reads() as reads:
+            with strategy.grad_reduction(engine, t, 1):
+                engine.backward(loss)
+            engine.step()
+    acc.synchronize = plain_sync
+    out[f"reads {fused}"] = {"reads": reads.n, "synchronize": len(syncs)}
 print("RESULT", json.dumps(out), flush=True)
 """
 
@@ -335,7 +364,8 @@ print("RESULT", json.dumps(out), flush=True)
 def test_fused_clip_equals_deepspeeds_clipping_and_skips_non_finite_steps(tiny_model_dir, tmp_path):
     """ZeRO-2's gradient norm, clip and inf/NaN skip inside the fused AdamW (`fused_clip`) train as
     DeepSpeed's own per-parameter path does, with clipping active every step (max_grad_norm 0.05), in
-    fp32 and bf16; a NaN or inf loss leaves weights untouched on both paths and is counted."""
+    fp32 and bf16; a NaN or inf loss leaves weights untouched on both paths and is counted; and at
+    bf16 its backward + step read nothing back from the device, where DeepSpeed's path does."""
     out = _four_pair_worker(FUSED_CLIP_WORKER, tiny_model_dir, tmp_path)
     ref = out["False fp32"]
     assert min(ref["grad_norm"]) > 0.05 and ref["loss"][-1] < ref["loss"][0]  # clipped every step, and trains
@@ -350,6 +380,10 @@ def test_fused_clip_equals_deepspeeds_clipping_and_skips_non_finite_steps(tiny_m
         assert nan["throughput_timer"] is False  # it synchronises the device at every forward and step
     assert out["nan True"]["clipping"] == 0 and out["nan True"]["compute_grad_norm"] is False  # ours, not DeepSpeed's
     assert out["nan False"]["clipping"] == 1.0 and out["nan False"]["compute_grad_norm"] is True
+    # the step asks nothing of the host: no device read or synchronize in backward + step (DeepSpeed's
+    # own path reads its overflow flag and gradient norm back before the update)
+    assert out["reads True"] == {"reads": 0, "synchronize": 0}
+    assert out["reads False"]["reads"] >= 2 and out["reads False"]["synchronize"] == 0
 
 
 def test_dpo_rows_count_unusable_pairs_as_rejects(run):
