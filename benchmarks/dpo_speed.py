@@ -39,7 +39,7 @@ def make_pairs(n: int) -> list[dict]:
 def cache_reference(model, tok, rows: list[dict], seq: int) -> None:
     b = pair_batch(pair_examples(tok, rows, seq), tok.pad_token_id)
     with torch.no_grad():
-        logps, _ = sequence_logps(model.eval(), b.input_ids, b.attention_mask, b.loss_mask)
+        logps, _ = sequence_logps(model.eval(), b.input_ids, b.loss_mask)
     n = len(rows)
     for i, r in enumerate(rows):
         r["ref_chosen_logp"], r["ref_rejected_logp"] = float(logps[i]), float(logps[n + i])

@@ -113,7 +113,7 @@ def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, wa
     for step in range(warmup + (args.steps if steps is None else steps)):
         sync(device)
         t0 = time.perf_counter()
-        logps, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, args.chunk, chunk_fn, b.scored)
+        logps, _ = sequence_logps(model, b.input_ids, b.loss_mask, args.chunk, chunk_fn, b.scored)
         loss, _ = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=0.1)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -48,8 +48,7 @@ class RefLogpActor:
         pairs = pair_examples(self.tokenizer, batch.to_dict("records"), self.max_length)
         b = pair_batch(pairs, self.tokenizer.pad_token_id).to(self.device)
         with self.torch.no_grad():
-            logps, _ = sequence_logps(self.model, b.input_ids, b.attention_mask, b.loss_mask, self.chunk,
-                                      scored=b.scored)
+            logps, _ = sequence_logps(self.model, b.input_ids, b.loss_mask, self.chunk, scored=b.scored)
         logps = logps.double().cpu().numpy()
         n = len(pairs)
         return batch.assign(ref_chosen_logp=logps[:n].astype(np.float64), ref_rejected_logp=logps[n:])

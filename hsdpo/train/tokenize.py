@@ -14,6 +14,14 @@ at a time (`recompute=False`, config `logp_recompute`, keeps them instead: faste
 On GSM8K the formatted question is 47 % of a question + solution (by characters), so this skips
 about half of the head's work on real tokens and all of it on padding (at Qwen2.5-1.5B's vocabulary
 of 152k the head is 15 % of the model's matmul FLOPs and most of its element-wise traffic).
+
+Batches are right-padded, and the decoder runs without an attention mask: under the causal mask
+no real token attends to the padding after it, so every scored log-prob is the same as with the
+mask (padding positions change, and nothing reads them). The attention then takes the plain causal
+kernel (flash attention on GPUs, where a padding mask forces a masked one), no `[B, 1, T, T]` mask
+is built, and transformers does not read the mask back from the device to decide whether it may
+skip it (two device reads a forward, each a wait for the GPU to drain; one remains, its check of
+the position ids for packed sequences).
 """
 
 from __future__ import annotations
@@ -51,8 +59,16 @@ class Batch:
     scored: torch.Tensor  # [M] flat positions b*T + t whose next token is scored (loss_mask[b, t+1] = 1)
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(t.to(device, non_blocking=True)
-                       for t in (self.input_ids, self.attention_mask, self.loss_mask, self.scored)))
+        return Batch(*(to_device(t, device) for t in (self.input_ids, self.attention_mask, self.loss_mask, self.scored)))
+
+
+def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A host tensor on `device` without making the host wait: CUDA drains the stream before a copy
+    from pageable memory (so a batch built mid-step would idle the GPU until the host catches up);
+    from pinned memory the copy is queued like a kernel. Anything else is a plain `.to`."""
+    if torch.device(device).type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def scored_positions(loss_mask: torch.Tensor) -> torch.Tensor:
@@ -83,15 +99,14 @@ def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
 
 
 def scored_logps(decoder: torch.nn.Module, lm_head: torch.nn.Module, input_ids: torch.Tensor,
-                 attention_mask: torch.Tensor, scored: torch.Tensor, chunk: int,
-                 chunk_fn=_chunk_logps, recompute: bool = True) -> torch.Tensor:
+                 scored: torch.Tensor, chunk: int, chunk_fn=_chunk_logps, recompute: bool = True) -> torch.Tensor:
     """Log-prob of the next token at each position of `scored` (flat b*T + t), `[M]` fp32. Chunks hold
     `chunk` positions per sequence on average (chunk x B rows), the memory bound of a position chunk
     over the whole batch. `chunk_fn` may be `_chunk_logps` compiled: one kernel reads a chunk's bf16
     logits once for the upcast, log-softmax and gather, where eager writes and re-reads fp32 copies.
     With `recompute`, a chunk's forward runs again in backward (activation checkpointing), so only one
     chunk's logits live at a time; without, autograd keeps every chunk's log-softmax."""
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [B, T, H]
+    hidden = decoder(input_ids=input_ids).last_hidden_state  # [B, T, H]; right padding needs no mask (module doc)
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, scored)  # [M, H]
     targets = input_ids.reshape(-1).index_select(0, scored + 1)  # [M]: t+1 stays in row b (t < T-1)
     rows = max(1, chunk * input_ids.shape[0])
@@ -111,15 +126,16 @@ def split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
     return base.get_decoder(), base.get_output_embeddings()
 
 
-def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   loss_mask: torch.Tensor, chunk: int = 128, chunk_fn=_chunk_logps,
-                   scored: torch.Tensor | None = None, recompute: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(summed completion log-probs [B] fp32, completion tokens [B]). `scored` is the batch's
-    `Batch.scored`; without it, it is derived from `loss_mask` here (a device sync on a GPU)."""
+def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk: int = 128,
+                   chunk_fn=_chunk_logps, scored: torch.Tensor | None = None,
+                   recompute: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed completion log-probs [B] fp32, completion tokens [B]) of a right-padded batch (`collate`).
+    `scored` is the batch's `Batch.scored`; without it, it is derived from `loss_mask` here (a device
+    sync on a GPU)."""
     if scored is None:
         scored = scored_positions(loss_mask)
     decoder, lm_head = split_model(model)
-    logps = scored_logps(decoder, lm_head, input_ids, attention_mask, scored, chunk, chunk_fn, recompute)  # [M]
+    logps = scored_logps(decoder, lm_head, input_ids, scored, chunk, chunk_fn, recompute)  # [M]
     sums = logps.new_zeros(input_ids.shape[0]).index_add(0, scored // input_ids.shape[1], logps)
     return sums, loss_mask[:, 1:].sum(-1).to(sums.dtype)
 
@@ -135,10 +151,9 @@ class LogpModel(torch.nn.Module):
         self.recompute = recompute
         self.chunk_fn = torch.compile(_chunk_logps) if compile_chunks else _chunk_logps
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, loss_mask: torch.Tensor,
+    def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor,
                 scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return sequence_logps(self.model, input_ids, attention_mask, loss_mask, self.chunk, self.chunk_fn, scored,
-                              self.recompute)
+        return sequence_logps(self.model, input_ids, loss_mask, self.chunk, self.chunk_fn, scored, self.recompute)
 
 
 def pair_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[tuple[Encoded, Encoded]]:

@@ -33,7 +33,8 @@ from hsdpo.train import strategy
 from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
 from hsdpo.train.losses import sft_loss, weighted_dpo_loss
 from hsdpo.train.mfu import flops_per_token, head_flops_per_token, peak_flops, step_flops
-from hsdpo.train.tokenize import Encoded, LogpModel, collate, encode, pair_batch, pair_examples, split_model
+from hsdpo.train.tokenize import (Encoded, LogpModel, collate, encode, pair_batch, pair_examples, split_model,
+                                  to_device)
 
 
 # ---- reporting: Ray Train when under it, else files only -----------------------------------------
@@ -218,14 +219,14 @@ class Task:
         """(loss for backward, metric sums) for one micro-batch; metrics already global-normalised."""
         if self.kind == "sft":
             b = collate([self.items[i] for i in idx], self.pad).to(device)
-            logps, ntok = engine(b.input_ids, b.attention_mask, b.loss_mask, b.scored)
+            logps, ntok = engine(b.input_ids, b.loss_mask, b.scored)
             loss = sft_loss(logps, ntok, denominator=den["tokens"])
             return loss, {"loss": loss.detach()}
         b = pair_batch([self.items[i] for i in idx], self.pad).to(device)
-        logps, ntok = engine(b.input_ids, b.attention_mask, b.loss_mask, b.scored)  # [2n]
+        ref = to_device(torch.tensor([self.ref[i] for i in idx], dtype=torch.float32), device)  # [n, 2]
+        w = to_device(torch.tensor([self.weights[i] for i in idx], dtype=torch.float32), device)
+        logps, ntok = engine(b.input_ids, b.loss_mask, b.scored)  # [2n]
         n = len(idx)
-        ref = torch.tensor([self.ref[i] for i in idx], dtype=torch.float32, device=device)  # [n, 2]
-        w = torch.tensor([self.weights[i] for i in idx], dtype=torch.float32, device=device)
         nll = -logps[:n].sum() / den["chosen_tokens"]
         loss, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=self.cfg.beta,
                                     nll_coef=self.cfg.nll_coef, chosen_nll=nll, denominator=den["weight"])

@@ -118,7 +118,8 @@ def test_chunked_logps_equal_full_logits(tiny_model_dir):
     tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="float32")
     rows = [{"prompt": "Question: 3 apples and 4 more?\nAnswer: ", "chosen": "3 + 4 = 7\n#### 7", "rejected": "#### 9"}]
     b = pair_batch(pair_examples(tok, rows * 2, 64), tok.pad_token_id)
-    chunked, n = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, chunk=5)
+    assert not bool(b.attention_mask.all())  # right padding: no mask reaches the decoder, the full forward has it
+    chunked, n = sequence_logps(model, b.input_ids, b.loss_mask, chunk=5)
     logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].float()
     full = torch.gather(logits.log_softmax(-1), -1, b.input_ids[:, 1:, None]).squeeze(-1)
     full = (full * b.loss_mask[:, 1:]).sum(-1)
@@ -129,7 +130,7 @@ def test_chunked_logps_equal_full_logits(tiny_model_dir):
     g2 = torch.autograd.grad(full, model.model.embed_tokens.weight)[0]
     assert torch.allclose(g1, g2, atol=1e-5)
     assert n.tolist() == b.loss_mask[:, 1:].sum(-1).tolist()
-    kept, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask, chunk=5, recompute=False)
+    kept, _ = sequence_logps(model, b.input_ids, b.loss_mask, chunk=5, recompute=False)
     assert torch.allclose(kept, chunked, atol=1e-6)  # no recompute in backward: same values and gradient
     g3 = torch.autograd.grad(kept.sum(), model.model.embed_tokens.weight)[0]
     assert torch.allclose(g3, g1, atol=1e-6)
@@ -372,7 +373,8 @@ def test_fused_clip_equals_deepspeeds_clipping_and_skips_non_finite_steps(tiny_m
     assert out["True fp32"]["loss"] == pytest.approx(ref["loss"], rel=1e-6)
     assert out["True fp32"]["grad_norm"] == pytest.approx(ref["grad_norm"], rel=1e-5)
     assert out["True bf16"]["loss"] == pytest.approx(out["False bf16"]["loss"], rel=1e-4)
-    assert out["True bf16"]["grad_norm"] == pytest.approx(out["False bf16"]["grad_norm"], rel=1e-4)
+    # bf16 weights round at 2^-8: a weight that rounds the other way after 3 updates moves the norm ~1e-4
+    assert out["True bf16"]["grad_norm"] == pytest.approx(out["False bf16"]["grad_norm"], rel=1e-3)
     assert all(out[k]["skipped_steps"] == [0] * 4 for k in ("True fp32", "False fp32", "True bf16", "False bf16"))
     for fused in (True, False):
         nan = out[f"nan {fused}"]
@@ -425,7 +427,7 @@ def test_cached_reference_equals_online_forward(run):
     tok, model = load_tokenizer(path), load_model(path, dtype="float32").eval()
     b = pair_batch(pair_examples(tok, ref, MAXLEN), tok.pad_token_id)
     with torch.no_grad():
-        logps, _ = sequence_logps(model, b.input_ids, b.attention_mask, b.loss_mask)
+        logps, _ = sequence_logps(model, b.input_ids, b.loss_mask)
     n = len(ref)
     cached = torch.tensor([[r["ref_chosen_logp"], r["ref_rejected_logp"]] for r in ref], dtype=torch.float64)
     assert torch.allclose(cached[:, 0], logps[:n].double(), atol=1e-5)
