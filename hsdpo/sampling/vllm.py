@@ -48,6 +48,15 @@ def engine_kwargs(cfg: SampleConfig) -> dict[str, Any]:
     return {**kwargs, **v.engine_kwargs}
 
 
+def engine_pool(concurrency: int | tuple[int, int]) -> tuple[int, int]:
+    """`sample.concurrency` as ray.data.llm's (min, max) engine replicas. An int n means n replicas, as
+    in Ray Data's map_batches and the hf backend; ray.data.llm would read it as a pool autoscaling
+    from 1 to n (one engine first, the others only once a backlog builds up)."""
+    if isinstance(concurrency, (tuple, list)):
+        return int(concurrency[0]), int(concurrency[1])
+    return int(concurrency), int(concurrency)
+
+
 def sampling_params(cfg: SampleConfig, temperature: float) -> dict[str, Any]:
     """vllm.SamplingParams fields shared by every row (the row adds its own `seed`)."""
     return dict(temperature=temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, stop=list(cfg.stop_strings))
@@ -69,13 +78,22 @@ def apply_vllm(ds: "Dataset", model_path: str, cfg: SampleConfig, *, temperature
                columns: list[str]) -> "Dataset":
     """Rows with `prompt` and `seed` -> the same rows plus `completion, finish_reason, num_tokens, error`."""
     require_vllm()
+    processor = build_vllm_processor(model_path, cfg, temperature)
+    return processor(ds).map_batches(to_sample_columns, batch_format="numpy",
+                                     fn_kwargs={"max_tokens": cfg.max_new_tokens, "columns": columns})
+
+
+def build_vllm_processor(model_path: str, cfg: SampleConfig, temperature: float):
+    """The `ray.data.llm` processor: our engine settings, one vLLM engine stage (Ray's chat-template,
+    tokenize and detokenize stages off), each row's `vllm.SamplingParams` fields with its own seed.
+    Building it needs Ray only; running it needs vLLM on a GPU."""
     from ray.data.llm import build_processor, vLLMEngineProcessorConfig
 
     config = vLLMEngineProcessorConfig(
         model_source=vllm_model_source(model_path),
         engine_kwargs=engine_kwargs(cfg),
         batch_size=cfg.batch_size,
-        concurrency=cfg.concurrency,
+        concurrency=engine_pool(cfg.concurrency),
         accelerator_type=cfg.vllm.accelerator_type,
         should_continue_on_error=True,
         chat_template_stage=False,
@@ -83,12 +101,10 @@ def apply_vllm(ds: "Dataset", model_path: str, cfg: SampleConfig, *, temperature
         detokenize_stage=False,
     )
     shared = sampling_params(cfg, temperature)
-    processor = build_processor(
+    return build_processor(
         config,
         preprocess=lambda row: {**row, "sampling_params": {**shared, "seed": int(row["seed"])}},
     )
-    return processor(ds).map_batches(to_sample_columns, batch_format="numpy",
-                                     fn_kwargs={"max_tokens": cfg.max_new_tokens, "columns": columns})
 
 
 def to_sample_columns(batch: dict[str, np.ndarray], max_tokens: int, columns: list[str]) -> dict[str, np.ndarray]:

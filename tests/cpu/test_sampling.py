@@ -163,6 +163,35 @@ def test_vllm_output_maps_to_the_samples_schema():
     assert list(out["num_tokens"]) == [5, 8, 0] and out["error"][2] == "CUDA error"
 
 
+def test_vllm_processor_builds_from_our_config_with_rays_llm_api(ray_local, tiny_model_dir):
+    """Ray's `ray.data.llm` (no vLLM needed to build it) takes our settings as they are: one engine
+    stage, our engine kwargs (tensor parallelism included), `concurrency` engine replicas, and
+    per-row seeded sampling params."""
+    from hsdpo.sampling.config import SampleConfig
+    from hsdpo.sampling.vllm import build_vllm_processor
+
+    cfg = SampleConfig(max_new_tokens=48, top_p=0.95, concurrency=2,
+                       vllm={"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5, "max_model_len": 1024,
+                             "engine_kwargs": {"enforce_eager": True}})
+    processor = build_vllm_processor(str(tiny_model_dir), cfg, temperature=0.7)
+    assert processor.list_stage_names() == ["vLLMEngineStage"]  # Ray's own text stages off: vLLM tokenizes
+    stage = processor.get_stage_by_name("vLLMEngineStage")
+    engine = stage.fn_constructor_kwargs["engine_kwargs"]
+    assert stage.fn_constructor_kwargs["model"] == str(tiny_model_dir)
+    assert {k: engine[k] for k in ("tensor_parallel_size", "gpu_memory_utilization", "max_model_len",
+                                   "enforce_eager")} == {"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5,
+                                                         "max_model_len": 1024, "enforce_eager": True}
+    assert stage.fn_constructor_kwargs["should_continue_on_error"] is True
+    pool = stage.map_batches_kwargs["compute"]
+    assert (pool.min_size, pool.max_size) == (2, 2)  # concurrency 2 = two engines, not an autoscaler from 1
+    autoscaled = build_vllm_processor(str(tiny_model_dir), cfg.model_copy(update={"concurrency": (1, 3)}), 1.0)
+    pool = autoscaled.get_stage_by_name("vLLMEngineStage").map_batches_kwargs["compute"]
+    assert (pool.min_size, pool.max_size) == (1, 3)
+    row = processor.preprocess({"prompt": "Question: 1+1?\nAnswer: ", "seed": 7})
+    params = next(iter(row.values()))["sampling_params"]
+    assert params == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 48, "stop": list(cfg.stop_strings), "seed": 7}
+
+
 def test_vllm_model_source_from_a_uri_run_dir():
     from hsdpo.config import ConfigError
     from hsdpo.sampling.vllm import vllm_model_source
