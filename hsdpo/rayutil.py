@@ -45,3 +45,10 @@ def init_kwargs(cfg: RayConfig) -> dict:
         if cfg.object_store_memory_gb is not None:
             kwargs["object_store_memory"] = int(cfg.object_store_memory_gb * 2**30)
     return kwargs
+
+
+def actor_pool(size: int | tuple[int, int]) -> "ray.data.ActorPoolStrategy":
+    """Ray Data's `compute` for a stateful map: `n` actors, or `(min, max)` autoscaling."""
+    if isinstance(size, (tuple, list)):
+        return ray.data.ActorPoolStrategy(min_size=int(size[0]), max_size=int(size[1]))
+    return ray.data.ActorPoolStrategy(size=int(size))

@@ -93,14 +93,12 @@ def _failed_verdict(column: str) -> Any:
     return defaults.get(column, 1.0)
 
 
-def _pool(size: int | tuple[int, int]) -> int | tuple[int, int]:
-    return tuple(size) if isinstance(size, (tuple, list)) else int(size)
-
-
 def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConfig, verifier_cfg: Any,
                    prompt_template: str, *, n: int, temperature: float, seed: int, verify: bool):
     """The lazy Dataset: problems -> fan-out -> sampler -> (verifier). Nothing runs until written."""
     import ray.data
+
+    from hsdpo.rayutil import actor_pool
 
     rows_per_block = max(1, sample_cfg.batch_size // n)
     blocks = max(1, min(MAX_INPUT_BLOCKS, math.ceil(len(problems) / rows_per_block)))
@@ -122,7 +120,7 @@ def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConf
 
         ds = ds.map_batches(
             HFSampler, batch_format="numpy", batch_size=sample_cfg.batch_size,
-            concurrency=_pool(sample_cfg.concurrency), num_cpus=sample_cfg.num_cpus, num_gpus=sample_cfg.num_gpus,
+            compute=actor_pool(sample_cfg.concurrency), num_cpus=sample_cfg.num_cpus, num_gpus=sample_cfg.num_gpus,
             fn_constructor_args=(model_path,),
             fn_constructor_kwargs=dict(
                 temperature=temperature, top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens,
@@ -134,7 +132,7 @@ def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConf
     if verify:
         cfg_dict = verifier_cfg.model_dump() if hasattr(verifier_cfg, "model_dump") else (verifier_cfg or {})
         ds = ds.map_batches(VerifyRows, batch_format="numpy", batch_size=sample_cfg.verify_batch_size,
-                            concurrency=_pool(sample_cfg.verify_concurrency), num_cpus=sample_cfg.verify_num_cpus,
+                            compute=actor_pool(sample_cfg.verify_concurrency), num_cpus=sample_cfg.verify_num_cpus,
                             fn_constructor_args=(cfg_dict,), **retries)
     return ds
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
-from hsdpo.rayutil import init_ray
+from hsdpo.rayutil import actor_pool, init_ray
 from hsdpo.rundir import RunDir, StageResult, list_files
 from hsdpo.stage import read_rows, run_stage
 
@@ -66,7 +66,7 @@ def _body(cfg: PipelineConfig, out: str) -> StageResult:
         RefLogpActor,
         fn_constructor_kwargs={"model_path": resolve_model_path(cfg.run_dir, c.model_from),
                                "max_length": c.max_length, "chunk": c.logp_chunk, "use_gpu": c.num_gpus > 0},
-        batch_size=c.batch_size, batch_format="pandas", concurrency=c.concurrency, num_gpus=c.num_gpus,
+        batch_size=c.batch_size, batch_format="pandas", compute=actor_pool(c.concurrency), num_gpus=c.num_gpus,
     )
     ds.write_parquet(out)
     got = read_rows(out)

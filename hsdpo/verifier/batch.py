@@ -1,7 +1,7 @@
 """`VerifyBatch`: the verifier as a Ray Data `map_batches` callable (batch_format="numpy").
 
     ds.map_batches(VerifyBatch, fn_constructor_kwargs={"cfg": cfg.verifier.model_dump()},
-                   concurrency=4, batch_format="numpy")
+                   compute=ray.data.ActorPoolStrategy(size=4), batch_format="numpy")
 
 Needs columns `completion` and `gold_answer` (str); reads `question` and `finish_reason` when
 present. Keeps every input column and adds VERDICT_COLUMNS, one value per row: no row is

@@ -93,7 +93,7 @@ def test_ray_data_map_batches_keeps_every_row(local_ray) -> None:
     ds = ray.data.from_items(items).map_batches(
         VerifyBatch,
         fn_constructor_kwargs={"cfg": {"timeout_s": 5.0}},
-        concurrency=1,
+        compute=ray.data.ActorPoolStrategy(size=1),
         batch_size=8,
         batch_format="numpy",
     )
