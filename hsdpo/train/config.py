@@ -67,6 +67,10 @@ class TrainConfig(StrictModel):
         None, description="TESTING AID: rank 0 raises once on reaching this step (marker file in the checkpoint dir)"
     )
     log_every: int = Field(1, ge=1, description="metrics line every k steps (rank 0)")
+    report_interval_s: float = Field(
+        5.0, ge=0, description="least seconds between metrics-only ray.train.report calls: Ray Train takes one"
+        " report per controller poll (2 s by default) and blocks the next until then; checkpoints and the last step"
+        " always report, metrics.jsonl gets every line; 0 = report every line")
     tensorboard: bool = Field(False, description="also write TensorBoard events to <output>/tb")
     wandb_project: str | None = Field(None, description="also log to this W&B project (rank 0)")
     lora: LoraConfig = Field(default_factory=LoraConfig)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -106,14 +107,15 @@ class MetricsLog:
             return
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        values = {k: v for k, v in row.items() if k not in ("step", "time")}  # both loggers keep their own clock
         if self.tb:
-            for k, v in row.items():
-                if isinstance(v, (int, float)) and k != "step":
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
                     self.tb.add_scalar(k, v, row["step"])
         if self.wandb:
-            self.wandb.log(row, step=row["step"])
-        shown = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items())
-        say(shown)
+            self.wandb.log(values, step=row["step"])
+        say(f"step={row['step']} " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in values.items()))
 
     def flush(self) -> None:
         if self.tb:
@@ -304,6 +306,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         peak = peak_flops(device) if t.use_gpu else None
         if rank == 0:
             say(f"{kind}: {len(rows)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
+        last_report = -math.inf
         for step in range(start, t.steps):
             inject_failure(t, spec, step, rank)
             t0 = time.perf_counter()
@@ -312,15 +315,23 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
             done = step + 1
             ckpt = bool(t.checkpoint_every) and done % t.checkpoint_every == 0 and done < t.steps
             if done % t.log_every == 0 or done == t.steps or ckpt:
+                # rank 0's clock decides whether Ray Train gets this line too; the flag travels in the
+                # metrics' all-reduce, so every rank reports alike
+                due = rank == 0 and time.monotonic() - last_report >= t.report_interval_s
+                sums["_report"] = torch.tensor(float(due), device=device)
                 row = reduce_metrics(sums)  # syncs the device once
+                report = row.pop("_report") > 0 or ckpt or done == t.steps
                 dt = time.perf_counter() - t0
                 row.update(step=done, lr=lr, grad_norm=strategy.grad_norm(engine),
                            skipped_steps=strategy.take_skipped_steps(engine),
                            tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
                 row["mfu"] = (step_flops(n_flop, head_flop, tokens, scored) / dt / (peak * world)) if peak else None
+                row["time"] = time.time()
                 log.add(row)
-                state = {"step": done, "world": world, "history": log.history}
-                reporter.report(row, engine if ckpt else None, done, state)
+                if report:
+                    state = {"step": done, "world": world, "history": log.history}
+                    reporter.report(row, engine if ckpt else None, done, state)
+                    last_report = time.monotonic()
                 if ckpt and rank == 0 and out_dir != out_uri:  # the logs so far reach a URI stage folder too
                     log.flush()
                     push_dir(out_dir, out_uri)

@@ -505,14 +505,19 @@ def test_compiled_layers_deepspeed_extras_and_tensorboard(run, run_a):
 
 
 def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
+    """Also: a metrics line every step, reported to Ray Train only at the first and the last (no
+    checkpoints, report_interval_s 5): Ray Train takes one report per controller poll (2 s) and
+    blocks the next one until then, which would hold each of steps 2-4 for up to 2 s."""
     from safetensors.torch import load_file
 
     from hsdpo.train.dpo import run_dpo
 
     cfg = with_overrides(run[0], ["dpo.output=dpo_lora", "dpo.lora.enabled=true", "dpo.lora.r=8", "dpo.lora.alpha=16",
-                                  "dpo.lora.target_modules=[q_proj, v_proj]"])
+                                  "dpo.lora.target_modules=[q_proj, v_proj]", "dpo.checkpoint_every=0"])
     run_dpo(cfg)
     hist = _history(cfg, "dpo_lora")
+    assert [h["step"] for h in hist] == [1, 2, 3, 4]
+    assert hist[-1]["time"] - hist[0]["time"] < 1.5  # three steps of a tiny model, no report waits between
     assert hist[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)  # B = 0: policy starts as the reference
     assert hist[-1]["loss"] < hist[0]["loss"]
     before = load_file(Path(cfg.run_dir) / "sft" / "model" / "model.safetensors")
