@@ -318,7 +318,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
                 # rank 0's clock decides whether Ray Train gets this line too; the flag travels in the
                 # metrics' all-reduce, so every rank reports alike
                 due = rank == 0 and time.monotonic() - last_report >= t.report_interval_s
-                sums["_report"] = torch.tensor(float(due), device=device)
+                sums["_report"] = torch.full((), float(due), device=device)  # a fill kernel: no host copy
                 row = reduce_metrics(sums)  # syncs the device once
                 report = row.pop("_report") > 0 or ckpt or done == t.steps
                 dt = time.perf_counter() - t0
