@@ -81,6 +81,29 @@ class PipelineConfig(StrictModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int):
+        super().__init__(f"key {key!r} repeated")
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently:
+    a second `dpo:` section would drop the first without a word)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: set = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def _parse_value(raw: str) -> Any:
     """Override values are YAML scalars/flows: `0.2`, `true`, `[1, 2]`, `null`, `s3://b/x`."""
     try:
@@ -136,7 +159,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Pi
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
+            tree = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+        except _DuplicateKey as err:
+            raise ConfigError(f"config file {p} line {err.line}: key {err.key!r} given twice in one section") from None
         except yaml.YAMLError as err:
             mark = getattr(err, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

@@ -40,6 +40,8 @@ def test_no_file_gives_defaults():
         ("data: {sources: [{name: nope}]}\n", [], "bad config value at data.sources.0.name"),
         ("- a\n- b\n", [], "must hold a mapping"),
         ("a: [\n", [], "is not valid YAML"),
+        ("dpo: {beta: 0.1}\nsft: {lr: 1}\ndpo: {lr: 2}\n", [], "line 3: key 'dpo' given twice in one section"),
+        ("dpo:\n  beta: 0.1\n  beta: 0.2\n", [], "line 3: key 'beta' given twice in one section"),
         ("", ["dpo.deepspeed.bf16.enabled=false"], "bf16.enabled is set from hsdpo's own fields"),
         ("", ["dpo.deepspeed.optimizer.type=Lamb"], "optimizer is set from hsdpo's own fields"),
         ("", ["sft.deepspeed.zero_optimization.stage=3"], "zero_optimization.stage is set from hsdpo's own fields"),
