@@ -60,10 +60,12 @@ def check_reachable(run_dir: str) -> None:
 
     try:
         fs, path = _fs(run_dir)
-        fs.exists(path)
+        is_file = fs.exists(path) and fs.isfile(path)
     except Exception as err:  # noqa: BLE001 -- whatever the storage driver raises
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InputError(f"run_dir {run_dir} cannot be reached: {type(err).__name__}: {first}") from None
+    if is_file:
+        raise InputError(f"run_dir {run_dir} is a file, not a folder")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, InputError) as err:
         print(f"hsdpo: {err}", file=sys.stderr)
         return 2
-    except FileNotFoundError as err:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
         print(f"hsdpo: {err}", file=sys.stderr)
         return 2
     return 0

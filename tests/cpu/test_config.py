@@ -126,6 +126,17 @@ def test_an_unreachable_run_dir_is_one_line_before_any_stage(tmp_path, capsys, m
     assert err.startswith(f"hsdpo: run_dir {run_dir} cannot be reached: NoCredentialsError") and "\n" not in err
 
 
+def test_a_run_dir_that_is_a_file_or_below_one_is_one_line(tmp_path, capsys):
+    from hsdpo.cli import main
+
+    (tmp_path / "afile").write_text("x")
+    for run_dir, says in ((tmp_path / "afile", "is a file, not a folder"), (tmp_path / "afile" / "run", "Not a directory")):
+        assert main(["data", str(write(tmp_path, "")), f"run_dir={run_dir}"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]  # after the stage's own header, if it began
+        assert err.startswith("hsdpo: ") and says in err
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_section_hash_tracks_only_named_sections():
     a = load_config(None)
     b = load_config(None, ["dpo.beta=0.5"])
