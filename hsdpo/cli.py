@@ -45,6 +45,11 @@ def runner(stage: str) -> Callable[..., StageResult]:
 
 def run_pipeline(cfg: PipelineConfig, force: tuple[str, ...] = ()) -> list[StageResult]:
     """Run `cfg.steps` in order; a step whose outputs are complete and current is skipped."""
+    outputs = {getattr(with_overrides(cfg, s.overrides) if s.overrides else cfg, s.stage).output for s in cfg.steps}
+    unknown = [f for f in force if f not in STAGES and f not in outputs]
+    if unknown:
+        raise ConfigError(f"--force {unknown[0]}: not a stage ({', '.join(STAGES)}) nor an output of this recipe's steps"
+                          f" ({', '.join(sorted(outputs))})")
     results = []
     for step in cfg.steps:
         step_cfg = with_overrides(cfg, step.overrides) if step.overrides else cfg

@@ -137,6 +137,15 @@ def test_a_run_dir_that_is_a_file_or_below_one_is_one_line(tmp_path, capsys):
     assert (tmp_path / "afile").read_text() == "x"
 
 
+def test_pipeline_force_of_an_unknown_stage_is_a_config_error_before_any_stage(tmp_path, capsys):
+    from hsdpo.cli import main
+
+    assert main(["pipeline", str(write(tmp_path, "")), f"run_dir={tmp_path / 'run'}", "--force", "dop"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("hsdpo: --force dop: not a stage") and "ref_logps" in err and "\n" not in err
+    assert not (tmp_path / "run").exists()
+
+
 def test_section_hash_tracks_only_named_sections():
     a = load_config(None)
     b = load_config(None, ["dpo.beta=0.5"])
