@@ -4,6 +4,8 @@ any causal LM by hub name or path. Everything saved loads with AutoModelForCausa
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -128,4 +130,44 @@ def resolve_model_path(run_dir: str, ref: str) -> str:
     fs, p = _fs(candidate)
     if fs.exists(p + "/config.json"):
         return candidate
+    if rd.manifest(ref) is not None:
+        from hsdpo.config import InputError
+
+        raise InputError(f"model {ref}: stage output {rd.path(ref)} holds no model (model/config.json); run its stage first")
+    check_model_source(ref)
     return ref
+
+
+def check_model_source(ref: str, what: str = "model", needs: str | None = "config.json") -> None:
+    """A one-line `InputError` on the driver, before any worker starts, when `ref` is neither a folder
+    (local or a URI) holding `needs` nor a hub id whose `needs` can be fetched (or is in the local
+    hub cache); `needs=None` asks only for a folder or a well-formed hub id. Otherwise each Ray Train worker or actor fails in turn, retries included, with a
+    traceback from inside transformers."""
+    from hsdpo.config import InputError
+    from hsdpo.rundir import _fs, is_uri
+
+    if is_uri(ref) or os.path.isdir(os.path.expanduser(ref)):
+        fs, p = _fs(ref if is_uri(ref) else os.path.expanduser(ref))
+        if not fs.exists(p) or (needs and not fs.exists(p.rstrip("/") + "/" + needs)):
+            raise InputError(f"{what} {ref}: no such folder" + (f" holding {needs}" if needs else ""))
+        return
+    from huggingface_hub import constants, file_exists, try_to_load_from_cache
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(ref)
+    except HFValidationError:
+        raise InputError(f"{what} {ref}: no such folder, run-dir stage or hub id") from None
+    if needs is None or isinstance(try_to_load_from_cache(ref, needs), str):
+        return
+    where = f"not a run-dir stage with a model, nor a folder; as a hub id its {needs} is"
+    if constants.HF_HUB_OFFLINE:
+        raise InputError(f"{what} {ref}: {where} not in the local hub cache (HF_HUB_OFFLINE is set)")
+    try:
+        found = file_exists(ref, needs)
+    except Exception as err:  # noqa: BLE001 -- no network, gated, unknown repo
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise InputError(f"{what} {ref}: {where} not in the local hub cache and the hub cannot be asked"
+                         f" ({type(err).__name__}: {first})") from None
+    if not found:
+        raise InputError(f"{what} {ref}: {where} not on the hub")

@@ -57,6 +57,11 @@ def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str) -> 
         path = resolve_model_path(cfg.run_dir, s.init_from)
         return path, path
     if m.name_or_path:
+        from hsdpo.model import check_model_source
+
+        check_model_source(m.name_or_path)
+        if m.tokenizer:
+            check_model_source(m.tokenizer, what="tokenizer", needs=None)
         return m.name_or_path, m.tokenizer or m.name_or_path
     from hsdpo.model import build_model, build_tokenizer
 

@@ -51,4 +51,43 @@ def test_resolve_model_path(tmp_path):
     (tmp_path / "sft" / "model").mkdir(parents=True)
     (tmp_path / "sft" / "model" / "config.json").write_text("{}")
     assert resolve_model_path(str(tmp_path), "sft") == f"{tmp_path}/sft/model"
-    assert resolve_model_path(str(tmp_path), "Qwen/Qwen2.5-1.5B") == "Qwen/Qwen2.5-1.5B"
+    assert resolve_model_path(str(tmp_path), str(tmp_path / "sft" / "model")) == str(tmp_path / "sft" / "model")
+
+
+def _fake_hub_cache(root, repo_id: str, files: dict[str, str]) -> None:
+    """The layout huggingface_hub keeps downloads in: refs/main names a snapshot folder."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("abc123")
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    for name, text in files.items():
+        (repo / "snapshots" / "abc123" / name).write_text(text)
+
+
+def test_a_model_that_cannot_load_is_one_line_on_the_driver(tmp_path, monkeypatch):
+    """Stage folder without a model, bad path, folder without config.json, hub id neither cached nor
+    reachable: each an InputError naming it, before any worker starts; a cached hub id passes."""
+    from huggingface_hub import constants
+
+    from hsdpo.config import InputError
+    from hsdpo.model import check_model_source
+
+    run = tmp_path / "run"
+    (run / "pairs").mkdir(parents=True)
+    (run / "pairs" / "_manifest.json").write_text('{"status": "complete"}')
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _fake_hub_cache(tmp_path / "hub", "org/cached", {"config.json": "{}"})
+    assert resolve_model_path(str(run), "org/cached") == "org/cached"
+    cases = [("pairs", "holds no model"), (str(tmp_path / "nope"), "no such folder, run-dir stage or hub id"),
+             (str(tmp_path / "empty"), "no such folder holding config.json"),
+             ("org/not-cached", "not in the local hub cache (HF_HUB_OFFLINE is set)"),
+             ("sft", "not a run-dir stage with a model, nor a folder")]
+    for ref, says in cases:
+        with pytest.raises(InputError, match=None) as err:
+            resolve_model_path(str(run), ref)
+        assert says in str(err.value) and ref in str(err.value) and "\n" not in str(err.value), (ref, err.value)
+    check_model_source(str(tmp_path / "empty"), what="tokenizer", needs=None)  # a folder is enough for a tokenizer
+    with pytest.raises(InputError, match="tokenizer x//y: no such folder, run-dir stage or hub id"):
+        check_model_source("x//y", what="tokenizer", needs=None)
