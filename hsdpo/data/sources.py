@@ -57,8 +57,15 @@ def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
 def read_hub(src: SourceConfig) -> Iterator[dict[str, Any]]:
     from datasets import load_dataset
 
+    from hsdpo.config import InputError
+
     hub_id = src.hub_id or HUB_IDS[src.name]
-    ds = load_dataset(hub_id, HUB_CONFIGS.get(hub_id), split=src.hub_split)
+    try:
+        ds = load_dataset(hub_id, HUB_CONFIGS.get(hub_id), split=src.hub_split)
+    except Exception as err:  # noqa: BLE001 -- offline, unknown dataset or split, gated
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise InputError(f"data source {src.name}: hub dataset {hub_id} (split {src.hub_split}) cannot be loaded"
+                         f" ({type(err).__name__}: {first:.200}); a local copy goes in its path") from None
     yield from ds
 
 

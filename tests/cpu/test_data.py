@@ -184,3 +184,21 @@ def test_missing_data_file_is_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "hsdpo.cli", "data", str(p)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == f"hsdpo: data file not found: {tmp_path}/none.jsonl"
+
+
+def test_an_unloadable_hub_dataset_is_one_line(monkeypatch):
+    """No network and nothing cached: one InputError naming the source and the way out, not a traceback."""
+    import datasets
+    from huggingface_hub import constants
+
+    from hsdpo.config import InputError
+    from hsdpo.data.config import SourceConfig
+    from hsdpo.data.sources import read_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(InputError) as err:
+        next(read_hub(SourceConfig(name="gsm8k", split="train", hub_id="hsdpo-test/no-such-dataset")))
+    text = str(err.value)
+    assert text.startswith("data source gsm8k: hub dataset hsdpo-test/no-such-dataset (split train) cannot be loaded")
+    assert text.endswith("a local copy goes in its path") and "\n" not in text
