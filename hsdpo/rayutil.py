@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import socket
 
 import ray
 
@@ -24,7 +26,10 @@ def quiet_worker() -> None:
 def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
-    ray.init(**init_kwargs(cfg))
+    kwargs = init_kwargs(cfg)
+    if "address" in kwargs:
+        check_address(kwargs["address"])
+    ray.init(**kwargs)
     # progress bars on both paths (local and cluster); HSDPO_PROGRESS=0 turns them off
     ray.data.DataContext.get_current().enable_progress_bars = os.environ.get("HSDPO_PROGRESS", "1") != "0"
 
@@ -45,6 +50,24 @@ def init_kwargs(cfg: RayConfig) -> dict:
         if cfg.object_store_memory_gb is not None:
             kwargs["object_store_memory"] = int(cfg.object_store_memory_gb * 2**30)
     return kwargs
+
+
+def check_address(address: str, timeout_s: float = 10.0) -> None:
+    """A `host:port` (or `ray://host:port`) address where nothing answers is a one-line error after at
+    most `timeout_s`; `ray.init` itself would wait minutes for the GCS, then fail with a traceback.
+    `auto` and other forms are left to Ray."""
+    from hsdpo.config import InputError
+
+    m = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d+)", address.strip())
+    if not m:
+        return
+    host, port = m.group(1), int(m.group(2))
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise InputError(f"Ray address {address}: nothing answers at {host}:{port} ({err.strerror or err});"
+                         " start the cluster (`ray start --head`, `ray up`) or unset ray.address / RAY_ADDRESS"
+                         " for a local Ray") from None
 
 
 def actor_pool(size: int | tuple[int, int]) -> "ray.data.ActorPoolStrategy":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hsdpo.config import ConfigError, PipelineConfig, load_config
+from hsdpo.config import ConfigError, InputError, PipelineConfig, load_config
 
 REPO_JOBS = __import__("pathlib").Path(__file__).resolve().parents[2] / "jobs"
 
@@ -189,3 +189,28 @@ def test_a_local_ray_quiets_ray_trains_state_api_warning_and_a_cluster_is_left_a
         assert not logger.isEnabledFor(logging.WARNING) and logger.isEnabledFor(logging.ERROR)
     finally:
         logger.setLevel(level)
+
+
+def test_a_ray_address_where_nothing_answers_is_one_line_at_once():
+    import socket
+
+    from hsdpo.rayutil import check_address
+
+    listening = socket.socket()
+    listening.bind(("127.0.0.1", 0))
+    listening.listen()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    try:
+        port, dead = listening.getsockname()[1], closed.getsockname()[1]
+        check_address(f"127.0.0.1:{port}")
+        check_address(f"ray://127.0.0.1:{port}")
+        check_address("auto")  # left to Ray
+        for address in (f"127.0.0.1:{dead}", f"ray://127.0.0.1:{dead}"):
+            with pytest.raises(InputError) as err:
+                check_address(address)
+            text = str(err.value)
+            assert text.startswith(f"Ray address {address}: nothing answers at 127.0.0.1:{dead}") and "\n" not in text
+    finally:
+        listening.close()
+        closed.close()
