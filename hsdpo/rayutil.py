@@ -52,6 +52,13 @@ def init_kwargs(cfg: RayConfig) -> dict:
     return kwargs
 
 
+def started_here() -> bool:
+    """Whether this process started the Ray it runs on (a local Ray: no autoscaler, what it has is
+    all there is), as opposed to joining a cluster that may scale up to meet a request."""
+    node = getattr(ray._private.worker, "_global_node", None)
+    return bool(node is not None and getattr(node, "head", False))
+
+
 def check_address(address: str, timeout_s: float = 10.0) -> None:
     """A `host:port` (or `ray://host:port`) address where nothing answers is a one-line error after at
     most `timeout_s`; `ray.init` itself would wait minutes for the GCS, then fail with a traceback.

@@ -54,6 +54,7 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
 
     check_loggers(kind, t)
     check_batching(kind, t, t.num_workers)
+    check_resources(kind, t)
     ds = ray.data.from_items([{**r, "_idx": i} for i, r in enumerate(rows)])
     # each worker reads the whole table once, up front: a progress bar left open there would be
     # re-drawn with every log line of the run (the worker executes with the dataset's context)
@@ -77,6 +78,28 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     log(f"{kind}: {len(rows)} rows, {t.num_workers} workers, checkpoints in {ckpt_root}")
     trainer.fit()
     return read_history(out_dir)
+
+
+def check_resources(kind: str, t: TrainConfig) -> None:
+    """On a local Ray this process started, a worker group larger than the machine is an error now:
+    Ray Train would wait for an autoscaler that is not there, time out, and try again."""
+    import ray
+
+    from hsdpo.rayutil import started_here
+
+    if not started_here():
+        return
+    have = ray.cluster_resources()
+    n = t.num_workers
+    workers = f"{n} worker{'s' if n != 1 else ''}"
+    cpus, gpus = n * t.cpus_per_worker, n if t.use_gpu else 0
+    if cpus > have.get("CPU", 0):
+        raise InputError(f"{kind}: {workers} x {t.cpus_per_worker:g} CPU ({kind}.cpus_per_worker) need {cpus:g} CPUs and this"
+                         f" local Ray has {have.get('CPU', 0):g} (ray.num_cpus); lower {kind}.num_workers or"
+                         f" {kind}.cpus_per_worker, or join a cluster (ray.address)")
+    if gpus > have.get("GPU", 0):
+        raise InputError(f"{kind}.use_gpu: {workers} {'need' if n != 1 else 'needs'} {gpus} GPU{'s' if gpus != 1 else ''} and this local Ray has {have.get('GPU', 0):g};"
+                         f" lower {kind}.num_workers, set {kind}.use_gpu=false, or join a cluster (ray.address)")
 
 
 def check_loggers(kind: str, t: TrainConfig) -> None:

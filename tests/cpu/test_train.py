@@ -530,6 +530,11 @@ def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
 @pytest.mark.parametrize("overrides, message", [
     (["dpo.wandb_project=hsdpo-test"], "hsdpo: dpo.wandb_project needs the wandb package: pip install 'hsdpo[wandb]'"),
     (["dpo.batch_size=6"], "hsdpo: dpo.batch_size 6 is not a multiple of dpo.micro_batch_size 4 x dpo.num_workers 1"),
+    # the session's local Ray has 4 CPUs and no GPU: Ray Train would wait for an autoscaler
+    (["dpo.num_workers=8", "dpo.batch_size=32"], "hsdpo: dpo: 8 workers x 1 CPU (dpo.cpus_per_worker) need 8 CPUs and this"
+     " local Ray has 4 (ray.num_cpus); lower dpo.num_workers or dpo.cpus_per_worker, or join a cluster (ray.address)"),
+    (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
+     " set dpo.use_gpu=false, or join a cluster (ray.address)"),
 ])
 def test_bad_training_settings_fail_on_one_line_before_any_worker(run, tmp_path, capsys, overrides, message):
     import importlib.util
