@@ -6,6 +6,9 @@
 
 `body(out_dir)` does the work into the (emptied) stage folder and returns a `StageResult`; the
 manifest is written only after it returns, so a killed stage leaves no manifest behind.
+`preflight()`, when given, runs first (after the inputs are found, before the folder is emptied):
+what it refuses -- a model that cannot load, more workers than a local Ray has -- leaves the
+stage's previous output as it was.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ def run_stage(
     sections: tuple[str, ...],
     body: Callable[[str], StageResult],
     force: bool = False,
+    preflight: Callable[[], None] | None = None,
 ) -> StageResult:
     rd = RunDir(cfg.run_dir)
     config_hash = cfg.section_hash(*sections) + ":" + output
@@ -42,6 +46,8 @@ def run_stage(
         return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)
     for name in inputs:
         rd.require(name)
+    if preflight is not None:
+        preflight()
     log(f"{stage} -> {rd.path(output)}; resolved config:\n{dump_config(cfg)}")
     out = rd.reset(output)
     t0 = time.perf_counter()

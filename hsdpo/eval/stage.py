@@ -174,4 +174,5 @@ def run_eval(cfg: PipelineConfig, force: bool = False) -> StageResult:
 
     inputs = stage_refs(cfg) + [cfg.data.output]
     return run_stage(cfg, stage="eval", output=cfg.eval.output, inputs=inputs,
-                     sections=("eval", "sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force)
+                     sections=("eval", "sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force,
+                     preflight=lambda: [_model_path(cfg, ref) for ref in cfg.eval.models.values()])

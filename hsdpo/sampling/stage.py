@@ -22,7 +22,6 @@ from hsdpo.stage import log, run_stage
 
 def _build(cfg: PipelineConfig, out: str) -> StageResult:
     from hsdpo.data.stage import load_problems
-    from hsdpo.model import resolve_model_path
     from hsdpo.rayutil import init_ray
     from hsdpo.sampling.pipeline import sample_and_verify
 
@@ -30,7 +29,7 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
     problems = load_problems(cfg, split=s.split, limit=s.limit)
     if not problems:
         raise InputError(f"sample: no problems in split {s.split!r} of {cfg.data.output}/")
-    model_path = resolve_model_path(cfg.run_dir, s.model_from)
+    model_path = _model_path(cfg)
     log(f"sample: {len(problems)} problems x n={s.n} from {model_path} ({s.backend} backend, "
         f"verify={'on' if s.verify else 'off'})")
     init_ray(cfg.ray)
@@ -52,7 +51,14 @@ def run_sample(cfg: PipelineConfig, force: bool = False) -> StageResult:
         require_vllm()  # a one-line error before any work
     model_input = [cfg.sample.model_from] if _is_stage(cfg, cfg.sample.model_from) else []
     return run_stage(cfg, stage="sample", output=cfg.sample.output, inputs=[cfg.data.output, *model_input],
-                     sections=("sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force)
+                     sections=("sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force,
+                     preflight=lambda: _model_path(cfg))
+
+
+def _model_path(cfg: PipelineConfig) -> str:
+    from hsdpo.model import resolve_model_path
+
+    return resolve_model_path(cfg.run_dir, cfg.sample.model_from)
 
 
 def _is_stage(cfg: PipelineConfig, ref: str) -> bool:

@@ -21,7 +21,7 @@ from hsdpo.model import resolve_model_path
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import read_rows, run_stage, write_rejects
-from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, summary
+from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, summary
 
 NEEDED = ("pair_id", "prompt", "chosen", "rejected", "weight", "ref_chosen_logp", "ref_rejected_logp")
 
@@ -73,4 +73,5 @@ def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
     model_path = resolve_model_path(cfg.run_dir, d.init_from)
     inputs = [d.pairs_from] + ([d.init_from] if model_path != d.init_from else [])
     return run_stage(cfg, stage="dpo", output=d.output, inputs=inputs, sections=("model", "dpo", "seed"),
+                     preflight=lambda: preflight("dpo", d),
                      body=lambda out: _body(cfg, out, inputs, force), force=force)

@@ -50,11 +50,9 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from hsdpo.train.worker import check_batching, ray_train_loop
+    from hsdpo.train.worker import ray_train_loop
 
-    check_loggers(kind, t)
-    check_batching(kind, t, t.num_workers)
-    check_resources(kind, t)
+    preflight(kind, t)
     ds = ray.data.from_items([{**r, "_idx": i} for i, r in enumerate(rows)])
     # each worker reads the whole table once, up front: a progress bar left open there would be
     # re-drawn with every log line of the run (the worker executes with the dataset's context)
@@ -78,6 +76,16 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     log(f"{kind}: {len(rows)} rows, {t.num_workers} workers, checkpoints in {ckpt_root}")
     trainer.fit()
     return read_history(out_dir)
+
+
+def preflight(kind: str, t: TrainConfig) -> None:
+    """What fails a training run before any worker starts: a missing logger package, a batch that does
+    not split over the workers, a worker group larger than a local Ray."""
+    from hsdpo.train.worker import check_batching
+
+    check_loggers(kind, t)
+    check_batching(kind, t, t.num_workers)
+    check_resources(kind, t)
 
 
 def check_resources(kind: str, t: TrainConfig) -> None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
-from hsdpo.model import resolve_model_path
+from hsdpo.model import check_model_source, resolve_model_path
 from hsdpo.prompts import format_completion, format_prompt
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult, join, local_dir
 from hsdpo.stage import read_rows, run_stage, write_rejects
-from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, summary
+from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, summary
 
 
 def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -57,11 +57,6 @@ def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str) -> 
         path = resolve_model_path(cfg.run_dir, s.init_from)
         return path, path
     if m.name_or_path:
-        from hsdpo.model import check_model_source
-
-        check_model_source(m.name_or_path)
-        if m.tokenizer:
-            check_model_source(m.tokenizer, what="tokenizer", needs=None)
         return m.name_or_path, m.tokenizer or m.name_or_path
     from hsdpo.model import build_model, build_tokenizer
 
@@ -88,9 +83,19 @@ def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool) -> Stag
                        rejects=write_rejects(out, rejects), metrics=metrics)
 
 
+def _preflight(cfg: PipelineConfig) -> None:
+    m = cfg.sft.init_from is None and cfg.model
+    if m and m.name_or_path:
+        check_model_source(m.name_or_path)
+        if m.tokenizer:
+            check_model_source(m.tokenizer, what="tokenizer", needs=None)
+    preflight("sft", cfg.sft)
+
+
 def run_sft(cfg: PipelineConfig, force: bool = False) -> StageResult:
     s = cfg.sft
     inputs = [s.data_from] + ([s.init_from] if s.init_from else [])
     init_ray(cfg.ray)
     return run_stage(cfg, stage="sft", output=s.output, inputs=inputs, sections=("model", "sft", "seed", "data"),
+                     preflight=lambda: _preflight(cfg),
                      body=lambda out: _body(cfg, out, inputs, force), force=force)

@@ -536,7 +536,9 @@ def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
     (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
      " set dpo.use_gpu=false, or join a cluster (ray.address)"),
 ])
-def test_bad_training_settings_fail_on_one_line_before_any_worker(run, tmp_path, capsys, overrides, message):
+def test_bad_training_settings_fail_on_one_line_before_any_worker(run, run_a, tmp_path, capsys, overrides, message):
+    """Refused before the stage folder is emptied: a re-run of `dpo_a` with a bad setting keeps the
+    finished output it would have replaced."""
     import importlib.util
 
     from hsdpo.cli import main
@@ -546,6 +548,9 @@ def test_bad_training_settings_fail_on_one_line_before_any_worker(run, tmp_path,
         pytest.skip("wandb is installed here")
     path = tmp_path / "c.yaml"
     path.write_text(dump_config(run[0]))
-    assert main(["dpo", str(path), "dpo.output=dpo_bad", *overrides]) == 2
+    rd = RunDir(run[0].run_dir)
+    before = rd.manifest("dpo_a")
+    assert before["status"] == "complete"
+    assert main(["dpo", str(path), "dpo.output=dpo_a", *overrides]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == message
-    assert RunDir(run[0].run_dir).manifest("dpo_bad") is None
+    assert rd.manifest("dpo_a") == before and (Path(rd.path("dpo_a")) / "model" / "config.json").is_file()
