@@ -46,7 +46,18 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
 
 def run_data(cfg: PipelineConfig, force: bool = False) -> StageResult:
     return run_stage(cfg, stage="data", output=cfg.data.output, inputs=[], sections=("data", "seed"),
-                     body=lambda out: _build(cfg, out), force=force)
+                     body=lambda out: _build(cfg, out), force=force, preflight=lambda: _preflight(cfg))
+
+
+def _preflight(cfg: PipelineConfig) -> None:
+    """Every source file is there before the previous problems/ is replaced."""
+    import fsspec
+
+    for i, src in enumerate(cfg.data.sources):
+        if src.name != "synthetic" and src.path:
+            fs, p = fsspec.core.url_to_fs(src.path)
+            if not fs.isfile(p):
+                raise FileNotFoundError(f"data file not found: {src.path} (data.sources.{i}.path)")
 
 
 def load_problems(cfg: PipelineConfig, split: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:

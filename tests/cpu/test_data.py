@@ -178,12 +178,16 @@ def test_killed_stage_reruns_to_exactly_clean_rows(tmp_path, data_dir):
     assert sorted(read_rows(rd.path("problems")), key=key) == sorted(read_rows(RunDir(clean.run_dir).path("problems")), key=key)
 
 
-def test_missing_data_file_is_one_line_error(tmp_path):
+def test_missing_data_file_is_one_line_error_and_keeps_the_previous_problems(tmp_path):
     p = tmp_path / "r.yaml"
+    p.write_text(f"run_dir: {tmp_path}/run\ndata: {{sources: [{{name: synthetic, synthetic: {{num_problems: 20}}}}]}}\n")
+    assert subprocess.run([sys.executable, "-m", "hsdpo.cli", "data", str(p)], capture_output=True).returncode == 0
+    before = RunDir(f"{tmp_path}/run").manifest("problems")
     p.write_text(f"run_dir: {tmp_path}/run\ndata: {{sources: [{{name: gsm8k, path: {tmp_path}/none.jsonl}}]}}\n")
     proc = subprocess.run([sys.executable, "-m", "hsdpo.cli", "data", str(p)], capture_output=True, text=True)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == f"hsdpo: data file not found: {tmp_path}/none.jsonl"
+    assert proc.stderr.strip().splitlines()[-1] == f"hsdpo: data file not found: {tmp_path}/none.jsonl (data.sources.0.path)"
+    assert RunDir(f"{tmp_path}/run").manifest("problems") == before and before["status"] == "complete"
 
 
 def test_an_unloadable_hub_dataset_is_one_line(monkeypatch):
