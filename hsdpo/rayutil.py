@@ -59,6 +59,24 @@ def started_here() -> bool:
     return bool(node is not None and getattr(node, "head", False))
 
 
+def local_shortfall(need: dict[str, float]) -> tuple[str, float, float] | None:
+    """(resource, needed, available) for the first of `need` that a local Ray this process started
+    cannot give, else None; on a joined cluster always None (it may scale up to meet the request,
+    where a local Ray would leave the request waiting forever)."""
+    if not started_here():
+        return None
+    have = ray.cluster_resources()
+    for res, amount in need.items():
+        if amount > have.get(res, 0):
+            return res, amount, have.get(res, 0)
+    return None
+
+
+def pool_min(size: int | tuple[int, int]) -> int:
+    """The actors a pool (`n` or `(min, max)`) needs before it runs."""
+    return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
+
+
 def check_address(address: str, timeout_s: float = 10.0) -> None:
     """A `host:port` (or `ray://host:port`) address where nothing answers is a one-line error after at
     most `timeout_s`; `ray.init` itself would wait minutes for the GCS, then fail with a traceback.

@@ -175,4 +175,12 @@ def run_eval(cfg: PipelineConfig, force: bool = False) -> StageResult:
     inputs = stage_refs(cfg) + [cfg.data.output]
     return run_stage(cfg, stage="eval", output=cfg.eval.output, inputs=inputs,
                      sections=("eval", "sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force,
-                     preflight=lambda: [_model_path(cfg, ref) for ref in cfg.eval.models.values()])
+                     preflight=lambda: _preflight(cfg))
+
+
+def _preflight(cfg: PipelineConfig) -> None:
+    from hsdpo.sampling.stage import check_pools
+
+    for ref in cfg.eval.models.values():
+        _model_path(cfg, ref)
+    check_pools(cfg, stage="eval")

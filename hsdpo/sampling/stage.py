@@ -52,7 +52,28 @@ def run_sample(cfg: PipelineConfig, force: bool = False) -> StageResult:
     model_input = [cfg.sample.model_from] if _is_stage(cfg, cfg.sample.model_from) else []
     return run_stage(cfg, stage="sample", output=cfg.sample.output, inputs=[cfg.data.output, *model_input],
                      sections=("sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force,
-                     preflight=lambda: _model_path(cfg))
+                     preflight=lambda: (_model_path(cfg), check_pools(cfg)))
+
+
+def check_pools(cfg: PipelineConfig, stage: str = "sample") -> None:
+    """The sampler and verifier actor pools each fit a local Ray (Ray Data would wait forever for an
+    actor no node can hold); also what `eval` runs."""
+    from hsdpo.rayutil import init_ray, local_shortfall, pool_min
+
+    s = cfg.sample
+    init_ray(cfg.ray)
+    pools = [("verifier", pool_min(s.verify_concurrency), {"CPU": s.verify_num_cpus}, "sample.verify_concurrency, sample.verify_num_cpus")]
+    if s.backend == "hf":
+        pools.insert(0, ("sampler", pool_min(s.concurrency), {"CPU": s.num_cpus, "GPU": s.num_gpus},
+                         "sample.concurrency, sample.num_cpus, sample.num_gpus"))
+    for name, n, each, knobs in pools:
+        if name == "verifier" and not s.verify:
+            continue
+        short = local_shortfall({res: n * v for res, v in each.items()})
+        if short:
+            raise InputError(f"{stage}: {n} {name} actor{'s need' if n != 1 else ' needs'} {short[1]:g} {short[0]}"
+                             f"{'s' if short[1] != 1 else ''} and this local Ray has {short[2]:g}; lower {knobs},"
+                             " or join a cluster (ray.address)")
 
 
 def _model_path(cfg: PipelineConfig) -> str:

@@ -91,23 +91,19 @@ def preflight(kind: str, t: TrainConfig) -> None:
 def check_resources(kind: str, t: TrainConfig) -> None:
     """On a local Ray this process started, a worker group larger than the machine is an error now:
     Ray Train would wait for an autoscaler that is not there, time out, and try again."""
-    import ray
+    from hsdpo.rayutil import local_shortfall
 
-    from hsdpo.rayutil import started_here
-
-    if not started_here():
-        return
-    have = ray.cluster_resources()
     n = t.num_workers
     workers = f"{n} worker{'s' if n != 1 else ''}"
-    cpus, gpus = n * t.cpus_per_worker, n if t.use_gpu else 0
-    if cpus > have.get("CPU", 0):
-        raise InputError(f"{kind}: {workers} x {t.cpus_per_worker:g} CPU ({kind}.cpus_per_worker) need {cpus:g} CPUs and this"
-                         f" local Ray has {have.get('CPU', 0):g} (ray.num_cpus); lower {kind}.num_workers or"
+    short = local_shortfall({"CPU": n * t.cpus_per_worker, "GPU": n if t.use_gpu else 0})
+    if short and short[0] == "CPU":
+        raise InputError(f"{kind}: {workers} x {t.cpus_per_worker:g} CPU ({kind}.cpus_per_worker) need {short[1]:g} CPUs and this"
+                         f" local Ray has {short[2]:g} (ray.num_cpus); lower {kind}.num_workers or"
                          f" {kind}.cpus_per_worker, or join a cluster (ray.address)")
-    if gpus > have.get("GPU", 0):
-        raise InputError(f"{kind}.use_gpu: {workers} {'need' if n != 1 else 'needs'} {gpus} GPU{'s' if gpus != 1 else ''} and this local Ray has {have.get('GPU', 0):g};"
-                         f" lower {kind}.num_workers, set {kind}.use_gpu=false, or join a cluster (ray.address)")
+    if short:
+        raise InputError(f"{kind}.use_gpu: {workers} {'need' if n != 1 else 'needs'} {short[1]:g} GPU{'s' if n != 1 else ''} and"
+                         f" this local Ray has {short[2]:g}; lower {kind}.num_workers, set {kind}.use_gpu=false, or join a"
+                         " cluster (ray.address)")
 
 
 def check_loggers(kind: str, t: TrainConfig) -> None:

@@ -17,8 +17,9 @@ import numpy as np
 import pandas as pd
 
 from hsdpo.config import InputError, PipelineConfig
+from hsdpo.train.config import RefLogpConfig
 from hsdpo.model import resolve_model_path
-from hsdpo.rayutil import actor_pool, init_ray
+from hsdpo.rayutil import actor_pool, init_ray, local_shortfall
 from hsdpo.rundir import RunDir, StageResult, list_files
 from hsdpo.stage import read_rows, run_stage
 
@@ -89,4 +90,13 @@ def run_reflogp(cfg: PipelineConfig, force: bool = False) -> StageResult:
     model_path = resolve_model_path(cfg.run_dir, c.model_from)
     inputs = [c.pairs_from] + ([c.model_from] if model_path != c.model_from else [])
     return run_stage(cfg, stage="reflogp", output=c.output, inputs=inputs, sections=("model", "reflogp", "seed"),
-                     body=lambda out: _body(cfg, out), force=force)
+                     body=lambda out: _body(cfg, out), force=force, preflight=lambda: _preflight(c))
+
+
+def _preflight(c: RefLogpConfig) -> None:
+    """The actor pool fits a local Ray (Ray Data would wait forever for an actor no node can hold)."""
+    short = local_shortfall({"GPU": c.concurrency * c.num_gpus})
+    if short:
+        raise InputError(f"reflogp: {c.concurrency} actor{'s' if c.concurrency != 1 else ''} x {c.num_gpus:g} GPU"
+                         f" (reflogp.num_gpus) is {short[1]:g} in all and this local Ray has {short[2]:g};"
+                         " lower reflogp.concurrency or reflogp.num_gpus, or join a cluster (ray.address)")

@@ -89,6 +89,26 @@ def test_killed_sampler_actor_still_writes_exactly_n_rows(tmp_path, data_dir, ti
     assert len({(r["problem_id"], r["sample_id"]) for r in rows}) == PROBLEMS * N
 
 
+@pytest.mark.parametrize("overrides, says", [
+    (["sample.num_gpus=1"], "sample: 1 sampler actor needs 1 GPU and this local Ray has 0; lower sample.concurrency"),
+    (["sample.concurrency=[5, 6]"], "sample: 5 sampler actors need 5 CPUs and this local Ray has 4;"),
+    (["sample.verify_concurrency=5"], "sample: 5 verifier actors need 5 CPUs and this local Ray has 4;"),
+])
+def test_an_actor_pool_larger_than_the_local_ray_is_refused_and_the_samples_stay(sampled, overrides, says):
+    """Ray Data would wait forever for actors no node can hold; the refusal comes before the stage
+    folder is emptied."""
+    from hsdpo.config import InputError, with_overrides
+    from hsdpo.rundir import RunDir
+
+    cfg, result, rows = sampled
+    rd = RunDir(cfg.run_dir)
+    before = rd.manifest("samples")
+    with pytest.raises(InputError) as err:
+        run_sample(with_overrides(cfg, overrides))
+    assert str(err.value).startswith(says) and str(err.value).endswith("or join a cluster (ray.address)")
+    assert rd.manifest("samples") == before and len(read_rows(result.path)) == len(rows)
+
+
 def test_check_counts_raises_on_lost_or_duplicated_rows():
     check_counts(["a", "a", "b", "b"], [0, 1, 1, 0], ["a", "b"], 2)
     with pytest.raises(SampleCountError, match="1 missing"):

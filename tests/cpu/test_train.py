@@ -409,6 +409,17 @@ def test_dpo_rows_count_unusable_pairs_as_rejects(run):
 
 # ---- stages ---------------------------------------------------------------------------------------
 
+def test_a_reference_pool_larger_than_the_local_ray_is_refused_and_the_cache_stays(run):
+    from hsdpo.config import InputError
+    from hsdpo.train.reflogp import run_reflogp
+
+    rd = RunDir(run[0].run_dir)
+    before = rd.manifest("ref_logps")
+    with pytest.raises(InputError, match=r"^reflogp: 2 actors x 1 GPU \(reflogp.num_gpus\) is 2 in all and this local Ray has 0;"):
+        run_reflogp(with_overrides(run[0], ["reflogp.num_gpus=1", "reflogp.concurrency=2"]))
+    assert rd.manifest("ref_logps") == before and before["status"] == "complete"
+
+
 def test_sft_from_scratch_trains_and_exports(run):
     cfg, sft = run
     hist = _history(cfg, "sft")
