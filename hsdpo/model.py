@@ -5,7 +5,6 @@ any causal LM by hub name or path. Everything saved loads with AutoModelForCausa
 from __future__ import annotations
 
 import os
-
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -140,9 +139,9 @@ def resolve_model_path(run_dir: str, ref: str) -> str:
 
 def check_model_source(ref: str, what: str = "model", needs: str | None = "config.json") -> None:
     """A one-line `InputError` on the driver, before any worker starts, when `ref` is neither a folder
-    (local or a URI) holding `needs` nor a hub id whose `needs` can be fetched (or is in the local
-    hub cache); `needs=None` asks only for a folder or a well-formed hub id. Otherwise each Ray Train worker or actor fails in turn, retries included, with a
-    traceback from inside transformers."""
+    (local or a URI) holding `needs` nor a hub id whose `needs` is in the local hub cache or on the
+    hub; `needs=None` asks only for a folder or a well-formed hub id. Unchecked, each Ray Train
+    worker or actor fails in turn, retries included, with a traceback from inside transformers."""
     from hsdpo.config import InputError
     from hsdpo.rundir import _fs, is_uri
 

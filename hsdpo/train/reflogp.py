@@ -17,11 +17,11 @@ import numpy as np
 import pandas as pd
 
 from hsdpo.config import InputError, PipelineConfig
-from hsdpo.train.config import RefLogpConfig
 from hsdpo.model import resolve_model_path
 from hsdpo.rayutil import actor_pool, init_ray, local_shortfall
 from hsdpo.rundir import RunDir, StageResult, list_files
 from hsdpo.stage import read_rows, run_stage
+from hsdpo.train.config import RefLogpConfig
 
 ADDS = ("ref_chosen_logp", "ref_rejected_logp")
 NEEDS = ("pair_id", "prompt", "chosen", "rejected")
