@@ -44,11 +44,10 @@ def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     return rows, rejects
 
 
-def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool) -> StageResult:
+def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool, model_path: str) -> StageResult:
     rows, rejects = dpo_rows(cfg)
     if not rows:
         raise InputError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}")
-    model_path = resolve_model_path(cfg.run_dir, cfg.dpo.init_from)
     root = checkpoint_root(cfg, cfg.dpo, inputs)
     if force:
         clear_checkpoints(root)
@@ -74,4 +73,4 @@ def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
     inputs = [d.pairs_from] + ([d.init_from] if model_path != d.init_from else [])
     return run_stage(cfg, stage="dpo", output=d.output, inputs=inputs, sections=("model", "dpo", "seed"),
                      preflight=lambda: preflight("dpo", d),
-                     body=lambda out: _body(cfg, out, inputs, force), force=force)
+                     body=lambda out: _body(cfg, out, inputs, force, model_path), force=force)

@@ -55,7 +55,7 @@ class RefLogpActor:
         return batch.assign(ref_chosen_logp=logps[:n].astype(np.float64), ref_rejected_logp=logps[n:])
 
 
-def _body(cfg: PipelineConfig, out: str) -> StageResult:
+def _body(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
     import ray
 
     c = cfg.reflogp
@@ -65,7 +65,7 @@ def _body(cfg: PipelineConfig, out: str) -> StageResult:
         raise InputError(f"reflogp: no pairs in {rd.path(c.pairs_from)}")
     ds = ray.data.read_parquet(files).map_batches(
         RefLogpActor,
-        fn_constructor_kwargs={"model_path": resolve_model_path(cfg.run_dir, c.model_from),
+        fn_constructor_kwargs={"model_path": model_path,
                                "max_length": c.max_length, "chunk": c.logp_chunk, "use_gpu": c.num_gpus > 0},
         batch_size=c.batch_size, batch_format="pandas", compute=actor_pool(c.concurrency), num_gpus=c.num_gpus,
     )
@@ -90,7 +90,7 @@ def run_reflogp(cfg: PipelineConfig, force: bool = False) -> StageResult:
     model_path = resolve_model_path(cfg.run_dir, c.model_from)
     inputs = [c.pairs_from] + ([c.model_from] if model_path != c.model_from else [])
     return run_stage(cfg, stage="reflogp", output=c.output, inputs=inputs, sections=("model", "reflogp", "seed"),
-                     body=lambda out: _body(cfg, out), force=force, preflight=lambda: _preflight(c))
+                     body=lambda out: _body(cfg, out, model_path), force=force, preflight=lambda: _preflight(c))
 
 
 def _preflight(c: RefLogpConfig) -> None:
