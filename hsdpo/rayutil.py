@@ -72,9 +72,11 @@ def local_shortfall(need: dict[str, float]) -> tuple[str, float, float] | None:
     return None
 
 
-def pool_min(size: int | tuple[int, int]) -> int:
-    """The actors a pool (`n` or `(min, max)`) needs before it runs."""
-    return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
+def pool_bounds(size: int | tuple[int, int]) -> tuple[int, int]:
+    """A pool size from config, `n` (exactly n actors) or `(min, max)` (autoscaling), as (min, max)."""
+    if isinstance(size, (tuple, list)):
+        return int(size[0]), int(size[1])
+    return int(size), int(size)
 
 
 def check_address(address: str, timeout_s: float = 10.0) -> None:
@@ -97,6 +99,5 @@ def check_address(address: str, timeout_s: float = 10.0) -> None:
 
 def actor_pool(size: int | tuple[int, int]) -> "ray.data.ActorPoolStrategy":
     """Ray Data's `compute` for a stateful map: `n` actors, or `(min, max)` autoscaling."""
-    if isinstance(size, (tuple, list)):
-        return ray.data.ActorPoolStrategy(min_size=int(size[0]), max_size=int(size[1]))
-    return ray.data.ActorPoolStrategy(size=int(size))
+    lo, hi = pool_bounds(size)
+    return ray.data.ActorPoolStrategy(size=lo) if lo == hi else ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)

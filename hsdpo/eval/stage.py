@@ -62,11 +62,13 @@ def _tag(rows: list[dict], mode: str) -> list[dict]:
     return rows
 
 
-def evaluate_models(cfg: PipelineConfig, problems: list[dict], out: str) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+def evaluate_models(cfg: PipelineConfig, problems: list[dict], out: str,
+                    paths: dict[str, str]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """`paths`: each model's folder or hub id, resolved from `cfg.eval.models` (`model_paths`)."""
     rows_by_model: dict[str, list[dict]] = {}
     info: dict[str, dict] = {}
     for i, (name, ref) in enumerate(cfg.eval.models.items()):
-        path = _model_path(cfg, ref)
+        path = paths[name]
         t0 = time.perf_counter()
         log(f"eval: {name} ({path}) greedy on {len(problems)} problems")
         rows, stats = _decode(cfg, problems, path, join(out, "samples", name, "greedy"), n=1, temperature=0.0, seed=cfg.seed)
@@ -82,10 +84,10 @@ def evaluate_models(cfg: PipelineConfig, problems: list[dict], out: str) -> tupl
     return rows_by_model, info
 
 
-def _model_path(cfg: PipelineConfig, ref: str) -> str:
+def model_paths(cfg: PipelineConfig) -> dict[str, str]:
     from hsdpo.model import resolve_model_path
 
-    return resolve_model_path(cfg.run_dir, ref)
+    return {name: resolve_model_path(cfg.run_dir, ref) for name, ref in cfg.eval.models.items()}
 
 
 # ---- report inputs: what the other stages left in the run dir ---------------------------------
@@ -147,7 +149,7 @@ def write_outputs(out: str, summary: dict[str, Any], inputs: ReportInputs, title
     return files
 
 
-def _build(cfg: PipelineConfig, out: str) -> StageResult:
+def _build(cfg: PipelineConfig, out: str, paths: dict[str, str]) -> StageResult:
     from hsdpo.data.stage import load_problems
     from hsdpo.rayutil import init_ray
 
@@ -155,7 +157,7 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
     if not problems:
         raise InputError(f"eval: no problems in split {cfg.eval.split!r} of {cfg.data.output}/")
     init_ray(cfg.ray)
-    rows_by_model, info = evaluate_models(cfg, problems, out)
+    rows_by_model, info = evaluate_models(cfg, problems, out, paths)
     summary = summarize(rows_by_model, problems, cfg.eval.near_miss_ref, cfg.eval.pass_k)
     summary["split"] = cfg.eval.split
     for name, extra in info.items():
@@ -170,17 +172,16 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
 
 
 def run_eval(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    from hsdpo.sampling.stage import check_pools
     from hsdpo.stage import run_stage
 
     inputs = stage_refs(cfg) + [cfg.data.output]
+    paths: dict[str, str] = {}  # by the preflight, once the models' stages are known to be there
+
+    def preflight() -> None:
+        paths.update(model_paths(cfg))
+        check_pools(cfg, stage="eval")
+
     return run_stage(cfg, stage="eval", output=cfg.eval.output, inputs=inputs,
-                     sections=("eval", "sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force,
-                     preflight=lambda: _preflight(cfg))
-
-
-def _preflight(cfg: PipelineConfig) -> None:
-    from hsdpo.sampling.stage import check_pools
-
-    for ref in cfg.eval.models.values():
-        _model_path(cfg, ref)
-    check_pools(cfg, stage="eval")
+                     sections=("eval", "sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out, paths),
+                     force=force, preflight=preflight)

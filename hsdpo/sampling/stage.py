@@ -20,7 +20,7 @@ from hsdpo.rundir import StageResult
 from hsdpo.stage import log, run_stage
 
 
-def _build(cfg: PipelineConfig, out: str) -> StageResult:
+def _build(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
     from hsdpo.data.stage import load_problems
     from hsdpo.rayutil import init_ray
     from hsdpo.sampling.pipeline import sample_and_verify
@@ -29,7 +29,6 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
     problems = load_problems(cfg, split=s.split, limit=s.limit)
     if not problems:
         raise InputError(f"sample: no problems in split {s.split!r} of {cfg.data.output}/")
-    model_path = _model_path(cfg)
     log(f"sample: {len(problems)} problems x n={s.n} from {model_path} ({s.backend} backend, "
         f"verify={'on' if s.verify else 'off'})")
     init_ray(cfg.ray)
@@ -49,22 +48,30 @@ def run_sample(cfg: PipelineConfig, force: bool = False) -> StageResult:
         from hsdpo.sampling.vllm import require_vllm
 
         require_vllm()  # a one-line error before any work
+    from hsdpo.model import resolve_model_path
+
     model_input = [cfg.sample.model_from] if _is_stage(cfg, cfg.sample.model_from) else []
+    resolved: dict[str, str] = {}  # by the preflight, once the model's stage is known to be there
+
+    def preflight() -> None:
+        resolved["model"] = resolve_model_path(cfg.run_dir, cfg.sample.model_from)
+        check_pools(cfg)
+
     return run_stage(cfg, stage="sample", output=cfg.sample.output, inputs=[cfg.data.output, *model_input],
-                     sections=("sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out), force=force,
-                     preflight=lambda: (_model_path(cfg), check_pools(cfg)))
+                     sections=("sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out, resolved["model"]),
+                     force=force, preflight=preflight)
 
 
 def check_pools(cfg: PipelineConfig, stage: str = "sample") -> None:
     """The sampler and verifier actor pools each fit a local Ray (Ray Data would wait forever for an
     actor no node can hold); also what `eval` runs."""
-    from hsdpo.rayutil import init_ray, local_shortfall, pool_min
+    from hsdpo.rayutil import init_ray, local_shortfall, pool_bounds
 
     s = cfg.sample
     init_ray(cfg.ray)
-    pools = [("verifier", pool_min(s.verify_concurrency), {"CPU": s.verify_num_cpus}, "sample.verify_concurrency, sample.verify_num_cpus")]
+    pools = [("verifier", pool_bounds(s.verify_concurrency)[0], {"CPU": s.verify_num_cpus}, "sample.verify_concurrency, sample.verify_num_cpus")]
     if s.backend == "hf":
-        pools.insert(0, ("sampler", pool_min(s.concurrency), {"CPU": s.num_cpus, "GPU": s.num_gpus},
+        pools.insert(0, ("sampler", pool_bounds(s.concurrency)[0], {"CPU": s.num_cpus, "GPU": s.num_gpus},
                          "sample.concurrency, sample.num_cpus, sample.num_gpus"))
     for name, n, each, knobs in pools:
         if name == "verifier" and not s.verify:
@@ -74,12 +81,6 @@ def check_pools(cfg: PipelineConfig, stage: str = "sample") -> None:
             raise InputError(f"{stage}: {n} {name} actor{'s need' if n != 1 else ' needs'} {short[1]:g} {short[0]}"
                              f"{'s' if short[1] != 1 else ''} and this local Ray has {short[2]:g}; lower {knobs},"
                              " or join a cluster (ray.address)")
-
-
-def _model_path(cfg: PipelineConfig) -> str:
-    from hsdpo.model import resolve_model_path
-
-    return resolve_model_path(cfg.run_dir, cfg.sample.model_from)
 
 
 def _is_stage(cfg: PipelineConfig, ref: str) -> bool:

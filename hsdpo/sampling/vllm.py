@@ -52,9 +52,9 @@ def engine_pool(concurrency: int | tuple[int, int]) -> tuple[int, int]:
     """`sample.concurrency` as ray.data.llm's (min, max) engine replicas. An int n means n replicas, as
     in Ray Data's map_batches and the hf backend; ray.data.llm would read it as a pool autoscaling
     from 1 to n (one engine first, the others only once a backlog builds up)."""
-    if isinstance(concurrency, (tuple, list)):
-        return int(concurrency[0]), int(concurrency[1])
-    return int(concurrency), int(concurrency)
+    from hsdpo.rayutil import pool_bounds
+
+    return pool_bounds(concurrency)
 
 
 def sampling_params(cfg: SampleConfig, temperature: float) -> dict[str, Any]:
