@@ -12,7 +12,7 @@ import sys
 from typing import Callable
 
 from hsdpo.config import STAGES, ConfigError, InputError, PipelineConfig, load_config, with_overrides
-from hsdpo.rundir import StageResult
+from hsdpo.rundir import StageBusy, StageResult
 
 # stage -> "module:function"; imported lazily so `hsdpo --help` stays fast.
 RUNNERS = {
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             run_pipeline(cfg, tuple(args.force))
         else:
             runner(args.command)(cfg, force=args.force)
-    except (ConfigError, InputError) as err:
+    except (ConfigError, InputError, StageBusy) as err:
         print(f"hsdpo: {err}", file=sys.stderr)
         return 2
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:

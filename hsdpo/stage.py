@@ -8,7 +8,9 @@
 manifest is written only after it returns, so a killed stage leaves no manifest behind.
 `preflight()`, when given, runs first (after the inputs are found, before the folder is emptied):
 what it refuses -- a model that cannot load, more workers than a local Ray has -- leaves the
-stage's previous output as it was.
+stage's previous output as it was. The whole of it runs under the stage's lock
+(`hsdpo.rundir.stage_lock`): a second run of the same stage on the same run dir is refused while
+the first runs.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hsdpo.config import PipelineConfig, dump_config
-from hsdpo.rundir import REJECTS, RunDir, StageResult, _fs, join, list_files
+from hsdpo.rundir import REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
 
 
 def log(msg: str) -> None:
@@ -41,20 +43,21 @@ def run_stage(
 ) -> StageResult:
     rd = RunDir(cfg.run_dir)
     config_hash = cfg.section_hash(*sections) + ":" + output
-    if not force and rd.is_current(output, config_hash, inputs):
-        log(f"{stage} -> {rd.path(output)}: complete and current, skipped")
-        return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)
-    for name in inputs:
-        rd.require(name)
-    if preflight is not None:
-        preflight()
-    log(f"{stage} -> {rd.path(output)}; resolved config:\n{dump_config(cfg)}")
-    out = rd.reset(output)
-    t0 = time.perf_counter()
-    result = body(out)
-    result.wall_s = time.perf_counter() - t0
-    result.stage, result.output, result.path = stage, output, out
-    rd.finish(result, config_hash, inputs, cfg.model_dump(mode="json"))
+    with stage_lock(cfg.run_dir, output):
+        if not force and rd.is_current(output, config_hash, inputs):
+            log(f"{stage} -> {rd.path(output)}: complete and current, skipped")
+            return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)
+        for name in inputs:
+            rd.require(name)
+        if preflight is not None:
+            preflight()
+        log(f"{stage} -> {rd.path(output)}; resolved config:\n{dump_config(cfg)}")
+        out = rd.reset(output)
+        t0 = time.perf_counter()
+        result = body(out)
+        result.wall_s = time.perf_counter() - t0
+        result.stage, result.output, result.path = stage, output, out
+        rd.finish(result, config_hash, inputs, cfg.model_dump(mode="json"))
     print(format_table(result), flush=True)
     return result
 

@@ -170,6 +170,7 @@ def test_killed_stage_reruns_to_exactly_clean_rows(tmp_path, data_dir):
     cfg = load_config(recipe)
     rd = RunDir(cfg.run_dir)
     assert rd.manifest("problems") is None  # killed: no manifest
+    assert (tmp_path / "run" / "_locks" / "problems.json").exists()  # nor a release of its lock: taken over below
     assert 0 < len(read_rows(rd.path("problems"))) < 351  # the partial write is there
     assert not run_data(cfg).skipped
     clean = load_config(recipe, [f"run_dir={tmp_path / 'clean'}"])

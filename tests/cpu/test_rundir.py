@@ -219,3 +219,135 @@ def test_ray_train_checkpoints_on_s3_and_a_worker_failure_resumes_from_the_bucke
     tok, model = load_tokenizer(path), load_model(path, dtype="float32")
     ids = tok("Question: 1 + 2?\nAnswer: ", return_tensors="pt")
     assert model.generate(**ids, max_new_tokens=2, do_sample=False, pad_token_id=tok.pad_token_id).shape[1] > 2
+
+
+# ---- one writer a stage: the stage lock ----------------------------------------------------------
+
+def _synthetic(run_dir: str, n: int = 12):
+    from hsdpo.config import config_from_dict
+
+    return config_from_dict({"run_dir": run_dir, "data": {"sources": [{"name": "synthetic", "synthetic": {"num_problems": n}}]}})
+
+
+def test_a_second_run_of_a_stage_is_refused_while_the_first_holds_it_and_its_output_is_kept(tmp_path):
+    """The second run is another process (the CLI, as a second `ray job submit` would start it): one
+    line naming the holder, exit 2, the folder and manifest the first wrote untouched."""
+    import subprocess
+    import sys
+
+    from hsdpo.data.stage import run_data
+    from hsdpo.rundir import RunDir, stage_lock
+
+    run = tmp_path / "run"
+    run_data(_synthetic(str(run)))
+    before = RunDir(str(run)).manifest("problems")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"run_dir: {run}\ndata: {{sources: [{{name: synthetic, synthetic: {{num_problems: 30}}}}]}}\n")
+    with stage_lock(str(run), "problems"):
+        proc = subprocess.run([sys.executable, "-m", "hsdpo.cli", "data", str(recipe)], capture_output=True, text=True)
+        assert proc.returncode == 2, proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"hsdpo: problems in {run} is being written by another run (host ")
+        assert f"pid {os.getpid()}" in line and f"or remove {run}/_locks/problems.json if that run is gone" in line
+        assert RunDir(str(run)).manifest("problems") == before
+    assert not (run / "_locks" / "problems.json").exists()  # released
+    proc = subprocess.run([sys.executable, "-m", "hsdpo.cli", "data", str(recipe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert RunDir(str(run)).manifest("problems")["rows"]["problems"] == 30
+
+
+def test_a_stage_that_fails_releases_its_lock(tmp_path):
+    from hsdpo.rundir import StageResult
+    from hsdpo.stage import run_stage
+
+    def body(out: str) -> StageResult:
+        raise RuntimeError("boom")
+
+    cfg = _synthetic(str(tmp_path / "run"))
+    with pytest.raises(RuntimeError, match="boom"):
+        run_stage(cfg, stage="data", output="problems", inputs=[], sections=("data",), body=body)
+    assert not (tmp_path / "run" / "_locks" / "problems.json").exists()
+
+
+def _lock_file(run: Path, holder: dict) -> Path:
+    import json
+
+    p = run / "_locks" / "problems.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(holder))
+    return p
+
+
+def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, capfd):
+    """Same host, process gone: taken over at once. Another host: taken over once its heartbeat is
+    older than STALE_S, refused before."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from hsdpo.data.stage import run_data
+    from hsdpo.rundir import STALE_S, StageBusy
+
+    run = tmp_path / "run"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    now = time.time()
+    lock = _lock_file(run, {"host": socket.gethostname(), "pid": int(gone.stdout), "token": "t", "started": now,
+                            "heartbeat": now})
+    assert not run_data(_synthetic(str(run))).skipped
+    assert "has exited" in capfd.readouterr().err and not lock.exists()
+
+    _lock_file(run, {"host": "another-node", "pid": 1, "token": "t", "started": now, "heartbeat": now - 30})
+    with pytest.raises(StageBusy, match="host another-node, pid 1"):
+        run_data(_synthetic(str(run), 20))
+    _lock_file(run, {"host": "another-node", "pid": 1, "token": "t", "started": now, "heartbeat": now - STALE_S - 5})
+    assert run_data(_synthetic(str(run), 20)).rows["problems"] == 20
+    assert "its last heartbeat is over" in capfd.readouterr().err and not lock.exists()
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_of_runs_starting_at_once_exactly_one_takes_the_lock(where, tmp_path, request):
+    """Eight threads race for one lock through the store's exclusive create (O_EXCL locally,
+    If-None-Match on S3): one holds it, seven are refused."""
+    import threading
+
+    from hsdpo.rundir import StageBusy, stage_lock
+
+    run = str(tmp_path / "run") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/race-{uuid.uuid4().hex[:6]}"
+    start, held, outcomes = threading.Barrier(8), threading.Event(), []
+
+    def contend() -> None:
+        start.wait()
+        try:
+            with stage_lock(run, "pairs"):
+                outcomes.append("held")
+                held.wait(5)
+        except StageBusy:
+            outcomes.append("busy")
+            if outcomes.count("busy") == 7:
+                held.set()
+
+    threads = [threading.Thread(target=contend) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(outcomes) == ["busy"] * 7 + ["held"]
+    fs, p = fsspec.core.url_to_fs(f"{run}/_locks/pairs.json")
+    assert not fs.exists(p)
+
+
+def test_a_holder_renews_its_lock_while_it_runs(tmp_path, monkeypatch):
+    import json
+    import time
+
+    import hsdpo.rundir as rundir
+
+    monkeypatch.setattr(rundir, "HEARTBEAT_S", 0.05)
+    lock = tmp_path / "run" / "_locks" / "sft.json"
+    with rundir.stage_lock(str(tmp_path / "run"), "sft"):
+        first = json.loads(lock.read_text())
+        time.sleep(0.5)
+        later = json.loads(lock.read_text())
+    assert later["token"] == first["token"] and later["heartbeat"] > first["heartbeat"]
+    assert not lock.exists()
