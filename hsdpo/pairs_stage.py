@@ -22,6 +22,7 @@ from typing import Any
 
 from hsdpo.config import PipelineConfig
 from hsdpo.pairs import NO_PAIR_REASONS, Pair, normalise_pairs, select_pairs, weight_stats
+from hsdpo.plan import plan
 from hsdpo.rundir import RunDir, StageResult, join
 from hsdpo.stage import log, read_rows, run_stage, write_rows
 
@@ -80,5 +81,4 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
 
 
 def run_pairs(cfg: PipelineConfig, force: bool = False) -> StageResult:
-    return run_stage(cfg, stage="pairs", output=cfg.pairs.output, inputs=[cfg.sample.output],
-                     sections=("pairs", "seed"), body=lambda out: _build(cfg, out), force=force)
+    return run_stage(cfg, plan(cfg, "pairs"), body=lambda out: _build(cfg, out), force=force)

@@ -1,8 +1,10 @@
 """What every stage shares: skip-if-current, clean start, manifest last, end-of-stage table.
 
     def run_data(cfg):
-        return run_stage(cfg, stage="data", output="problems", inputs=[],
-                         sections=("data", "seed"), body=lambda out: _write_problems(cfg, out))
+        return run_stage(cfg, plan(cfg, "data"), body=lambda out: _write_problems(cfg, out))
+
+`plan(cfg, stage)` (hsdpo.plan) says what the stage writes, which run-dir outputs it reads and
+which config sections its output depends on.
 
 `body(out_dir)` does the work into the (emptied) stage folder and returns a `StageResult`; the
 manifest is written only after it returns, so a killed stage leaves no manifest behind.
@@ -23,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hsdpo.config import PipelineConfig, dump_config
+from hsdpo.plan import Plan
 from hsdpo.rundir import REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
 
 
@@ -30,21 +33,24 @@ def log(msg: str) -> None:
     print(f"[hsdpo] {msg}", file=sys.stderr, flush=True)
 
 
+def config_hash(cfg: PipelineConfig, plan: Plan) -> str:
+    """What a stage's manifest records of the config: its output is current while this is unchanged."""
+    return cfg.section_hash(*plan.sections) + ":" + plan.output
+
+
 def run_stage(
     cfg: PipelineConfig,
+    plan: Plan,
     *,
-    stage: str,
-    output: str,
-    inputs: list[str],
-    sections: tuple[str, ...],
     body: Callable[[str], StageResult],
     force: bool = False,
     preflight: Callable[[], None] | None = None,
 ) -> StageResult:
     rd = RunDir(cfg.run_dir)
-    config_hash = cfg.section_hash(*sections) + ":" + output
+    stage, output, inputs = plan.stage, plan.output, list(plan.inputs)
+    hashed = config_hash(cfg, plan)
     with stage_lock(cfg.run_dir, output):
-        if not force and rd.is_current(output, config_hash, inputs):
+        if not force and rd.is_current(output, hashed, inputs):
             log(f"{stage} -> {rd.path(output)}: complete and current, skipped")
             return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)
         for name in inputs:
@@ -57,7 +63,7 @@ def run_stage(
         result = body(out)
         result.wall_s = time.perf_counter() - t0
         result.stage, result.output, result.path = stage, output, out
-        rd.finish(result, config_hash, inputs, cfg.model_dump(mode="json"))
+        rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"))
     print(format_table(result), flush=True)
     return result
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
+from hsdpo.plan import plan
 from hsdpo.rundir import StageResult, join
 from hsdpo.stage import run_stage, write_rejects, write_rows
 
@@ -45,8 +46,8 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
 
 
 def run_data(cfg: PipelineConfig, force: bool = False) -> StageResult:
-    return run_stage(cfg, stage="data", output=cfg.data.output, inputs=[], sections=("data", "seed"),
-                     body=lambda out: _build(cfg, out), force=force, preflight=lambda: _preflight(cfg))
+    return run_stage(cfg, plan(cfg, "data"), body=lambda out: _build(cfg, out), force=force,
+                     preflight=lambda: _preflight(cfg))
 
 
 def _preflight(cfg: PipelineConfig) -> None:

@@ -20,7 +20,6 @@ The arithmetic lives in hsdpo.eval.metrics (pure Python); this module only moves
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -31,18 +30,6 @@ from hsdpo.rundir import RunDir, StageResult, _fs, join, local_dir, write_json_a
 from hsdpo.stage import log, read_rows
 
 MAX_NEGATIVES_PLOTTED = 5000
-
-
-def stage_refs(cfg: PipelineConfig) -> list[str]:
-    """The model refs that are run-dir stage folders (inputs of the stage): a ref with a manifest in
-    the run dir, or a bare name (no '/') that is not a local path."""
-    rd = RunDir(cfg.run_dir)
-    out = []
-    for ref in cfg.eval.models.values():
-        is_stage = rd.manifest(ref) is not None or ("/" not in ref and not os.path.exists(ref))
-        if is_stage and ref not in out:
-            out.append(ref)
-    return out
 
 
 def _decode(cfg: PipelineConfig, problems: list[dict], model_path: str, out_dir: str, *, n: int,
@@ -172,16 +159,15 @@ def _build(cfg: PipelineConfig, out: str, paths: dict[str, str]) -> StageResult:
 
 
 def run_eval(cfg: PipelineConfig, force: bool = False) -> StageResult:
+    from hsdpo.plan import plan
     from hsdpo.sampling.stage import check_pools
     from hsdpo.stage import run_stage
 
-    inputs = stage_refs(cfg) + [cfg.data.output]
     paths: dict[str, str] = {}  # by the preflight, once the models' stages are known to be there
 
     def preflight() -> None:
         paths.update(model_paths(cfg))
         check_pools(cfg, stage="eval")
 
-    return run_stage(cfg, stage="eval", output=cfg.eval.output, inputs=inputs,
-                     sections=("eval", "sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out, paths),
-                     force=force, preflight=preflight)
+    return run_stage(cfg, plan(cfg, "eval"), body=lambda out: _build(cfg, out, paths), force=force,
+                     preflight=preflight)

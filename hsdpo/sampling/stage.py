@@ -16,6 +16,7 @@ hsdpo.sampling.pipeline.
 from __future__ import annotations
 
 from hsdpo.config import InputError, PipelineConfig
+from hsdpo.plan import plan
 from hsdpo.rundir import StageResult
 from hsdpo.stage import log, run_stage
 
@@ -50,15 +51,13 @@ def run_sample(cfg: PipelineConfig, force: bool = False) -> StageResult:
         require_vllm()  # a one-line error before any work
     from hsdpo.model import resolve_model_path
 
-    model_input = [cfg.sample.model_from] if _is_stage(cfg, cfg.sample.model_from) else []
     resolved: dict[str, str] = {}  # by the preflight, once the model's stage is known to be there
 
     def preflight() -> None:
         resolved["model"] = resolve_model_path(cfg.run_dir, cfg.sample.model_from)
         check_pools(cfg)
 
-    return run_stage(cfg, stage="sample", output=cfg.sample.output, inputs=[cfg.data.output, *model_input],
-                     sections=("sample", "verifier", "model", "seed"), body=lambda out: _build(cfg, out, resolved["model"]),
+    return run_stage(cfg, plan(cfg, "sample"), body=lambda out: _build(cfg, out, resolved["model"]),
                      force=force, preflight=preflight)
 
 
@@ -81,13 +80,3 @@ def check_pools(cfg: PipelineConfig, stage: str = "sample") -> None:
             raise InputError(f"{stage}: {n} {name} actor{'s need' if n != 1 else ' needs'} {short[1]:g} {short[0]}"
                              f"{'s' if short[1] != 1 else ''} and this local Ray has {short[2]:g}; lower {knobs},"
                              " or join a cluster (ray.address)")
-
-
-def _is_stage(cfg: PipelineConfig, ref: str) -> bool:
-    """A model ref that is a run-dir stage folder (its manifest is an input of this stage): one with a
-    manifest, or a bare name (no '/') that is not a local path, such as `sft`."""
-    import os
-
-    from hsdpo.rundir import RunDir
-
-    return RunDir(cfg.run_dir).manifest(ref) is not None or ("/" not in ref and not os.path.exists(ref))

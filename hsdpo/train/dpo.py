@@ -18,6 +18,7 @@ from typing import Any
 
 from hsdpo.config import ConfigError, InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
+from hsdpo.plan import plan
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import read_rows, run_stage, write_rejects
@@ -68,9 +69,13 @@ def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
         from hsdpo.train.reflogp import run_reflogp
 
         run_reflogp(cfg)  # skipped when current
-    init_ray(cfg.ray)
-    model_path = resolve_model_path(cfg.run_dir, d.init_from)
-    inputs = [d.pairs_from] + ([d.init_from] if model_path != d.init_from else [])
-    return run_stage(cfg, stage="dpo", output=d.output, inputs=inputs, sections=("model", "dpo", "seed"),
-                     preflight=lambda: preflight("dpo", d),
-                     body=lambda out: _body(cfg, out, inputs, force, model_path), force=force)
+    p = plan(cfg, "dpo")
+    resolved: dict[str, str] = {}  # by the preflight, once the inputs are known to be there
+
+    def check() -> None:
+        resolved["model"] = resolve_model_path(cfg.run_dir, d.init_from)
+        init_ray(cfg.ray)
+        preflight("dpo", d)
+
+    return run_stage(cfg, p, preflight=check, force=force,
+                     body=lambda out: _body(cfg, out, list(p.inputs), force, resolved["model"]))

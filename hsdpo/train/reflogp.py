@@ -18,6 +18,7 @@ import pandas as pd
 
 from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
+from hsdpo.plan import plan
 from hsdpo.rayutil import actor_pool, init_ray, local_shortfall
 from hsdpo.rundir import RunDir, StageResult, list_files
 from hsdpo.stage import read_rows, run_stage
@@ -86,11 +87,15 @@ def check_rows(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> None:
 
 def run_reflogp(cfg: PipelineConfig, force: bool = False) -> StageResult:
     c = cfg.reflogp
-    init_ray(cfg.ray)
-    model_path = resolve_model_path(cfg.run_dir, c.model_from)
-    inputs = [c.pairs_from] + ([c.model_from] if model_path != c.model_from else [])
-    return run_stage(cfg, stage="reflogp", output=c.output, inputs=inputs, sections=("model", "reflogp", "seed"),
-                     body=lambda out: _body(cfg, out, model_path), force=force, preflight=lambda: _preflight(c))
+    resolved: dict[str, str] = {}  # by the preflight, once the inputs are known to be there
+
+    def check() -> None:
+        resolved["model"] = resolve_model_path(cfg.run_dir, c.model_from)
+        init_ray(cfg.ray)
+        _preflight(c)
+
+    return run_stage(cfg, plan(cfg, "reflogp"), body=lambda out: _body(cfg, out, resolved["model"]), force=force,
+                     preflight=check)
 
 
 def _preflight(c: RefLogpConfig) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import check_model_source, resolve_model_path
+from hsdpo.plan import plan
 from hsdpo.prompts import format_completion, format_prompt
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult, join, local_dir
@@ -89,13 +90,11 @@ def _preflight(cfg: PipelineConfig) -> None:
         check_model_source(m.name_or_path)
         if m.tokenizer:
             check_model_source(m.tokenizer, what="tokenizer", needs=None)
+    init_ray(cfg.ray)
     preflight("sft", cfg.sft)
 
 
 def run_sft(cfg: PipelineConfig, force: bool = False) -> StageResult:
-    s = cfg.sft
-    inputs = [s.data_from] + ([s.init_from] if s.init_from else [])
-    init_ray(cfg.ray)
-    return run_stage(cfg, stage="sft", output=s.output, inputs=inputs, sections=("model", "sft", "seed", "data"),
-                     preflight=lambda: _preflight(cfg),
-                     body=lambda out: _body(cfg, out, inputs, force), force=force)
+    p = plan(cfg, "sft")
+    return run_stage(cfg, p, preflight=lambda: _preflight(cfg), force=force,
+                     body=lambda out: _body(cfg, out, list(p.inputs), force))

@@ -257,6 +257,7 @@ def test_a_second_run_of_a_stage_is_refused_while_the_first_holds_it_and_its_out
 
 
 def test_a_stage_that_fails_releases_its_lock(tmp_path):
+    from hsdpo.plan import Plan
     from hsdpo.rundir import StageResult
     from hsdpo.stage import run_stage
 
@@ -265,7 +266,7 @@ def test_a_stage_that_fails_releases_its_lock(tmp_path):
 
     cfg = _synthetic(str(tmp_path / "run"))
     with pytest.raises(RuntimeError, match="boom"):
-        run_stage(cfg, stage="data", output="problems", inputs=[], sections=("data",), body=body)
+        run_stage(cfg, Plan("data", "problems", (), ("data",)), body=body)
     assert not (tmp_path / "run" / "_locks" / "problems.json").exists()
 
 

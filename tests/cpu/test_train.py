@@ -22,6 +22,7 @@ import pytest
 import torch
 
 from hsdpo.config import config_from_dict, with_overrides
+from hsdpo.plan import Plan
 from hsdpo.prompts import format_prompt
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import read_rows, run_stage, write_rows
@@ -52,7 +53,7 @@ def _pairs(run_dir: Path, cfg) -> None:
         write_rows(rows, out + "/pairs.parquet")
         return StageResult("pairs", "pairs", out, rows={"pairs": len(rows)})
 
-    run_stage(cfg, stage="pairs", output="pairs", inputs=[], sections=("seed",), body=body)
+    run_stage(cfg, Plan("pairs", "pairs", (), ("seed",)), body=body)
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +401,7 @@ def test_dpo_rows_count_unusable_pairs_as_rejects(run):
         write_rows([good, *bad], out + "/pairs.parquet")
         return StageResult("reflogp", "ref_bad", out, rows={"pairs": 5})
 
-    run_stage(cfg, stage="reflogp", output="ref_bad", inputs=[], sections=("seed",), body=body)
+    run_stage(cfg, Plan("reflogp", "ref_bad", (), ("seed",)), body=body)
     rows, rejects = dpo_rows(with_overrides(cfg, ["dpo.pairs_from=ref_bad"]))
     assert [r["pair_id"] for r in rows] == [good["pair_id"]]
     assert sorted((r["row"], r["reason"]) for r in rejects) == [

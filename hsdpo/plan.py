@@ -1,0 +1,56 @@
+"""The pipeline's graph: what each stage writes, which run-dir outputs it reads, and which config
+sections its output depends on. The stages run by it (`run_stage(cfg, plan(cfg, "dpo"), ...)`) and
+`hsdpo status` reads it to say, without running anything, which steps are current and why the others
+would run.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from hsdpo.config import PipelineConfig
+from hsdpo.rundir import RunDir
+
+
+@dataclass(frozen=True)
+class Plan:
+    stage: str
+    output: str  # the run-dir folder it writes
+    inputs: tuple[str, ...]  # run-dir folders whose manifests it reads
+    sections: tuple[str, ...]  # top-level config sections its output depends on
+
+
+def is_stage_ref(run_dir: str, ref: str) -> bool:
+    """A model ref that names a run-dir stage folder (then an input of the stage that reads it): one
+    with a manifest in the run dir, or a bare name (no '/') that is not a local path, such as `sft`.
+    Anything else is a path, URI or hub id."""
+    return RunDir(run_dir).manifest(ref) is not None or ("/" not in ref and not os.path.exists(ref))
+
+
+def model_inputs(cfg: PipelineConfig, *refs: str) -> tuple[str, ...]:
+    """The refs that are run-dir stages, each once, in order."""
+    return tuple(dict.fromkeys(r for r in refs if is_stage_ref(cfg.run_dir, r)))
+
+
+def plan(cfg: PipelineConfig, stage: str) -> Plan:
+    if stage == "data":
+        return Plan("data", cfg.data.output, (), ("data", "seed"))
+    if stage == "sft":
+        s = cfg.sft
+        return Plan("sft", s.output, (s.data_from, *((s.init_from,) if s.init_from else ())), ("model", "sft", "seed", "data"))
+    if stage == "sample":
+        return Plan("sample", cfg.sample.output, (cfg.data.output, *model_inputs(cfg, cfg.sample.model_from)),
+                    ("sample", "verifier", "model", "seed"))
+    if stage == "pairs":
+        return Plan("pairs", cfg.pairs.output, (cfg.sample.output,), ("pairs", "seed"))
+    if stage == "reflogp":
+        c = cfg.reflogp
+        return Plan("reflogp", c.output, (c.pairs_from, *model_inputs(cfg, c.model_from)), ("model", "reflogp", "seed"))
+    if stage == "dpo":
+        d = cfg.dpo
+        return Plan("dpo", d.output, (d.pairs_from, *model_inputs(cfg, d.init_from)), ("model", "dpo", "seed"))
+    if stage == "eval":
+        return Plan("eval", cfg.eval.output, (*model_inputs(cfg, *cfg.eval.models.values()), cfg.data.output),
+                    ("eval", "sample", "verifier", "model", "seed"))
+    raise ValueError(f"unknown stage {stage!r}")
