@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
-from hsdpo.configbase import Location, StrictModel
+from hsdpo.configbase import Location, StrictModel, without_run_only
 from hsdpo.data.config import DataConfig
 from hsdpo.eval.config import EvalConfig
 from hsdpo.model import ModelConfig
@@ -75,8 +75,9 @@ class PipelineConfig(StrictModel):
     steps: list[StageSpec] = Field(default_factory=_default_steps, description="what `hsdpo pipeline` runs, in order")
 
     def section_hash(self, *keys: str) -> str:
-        """Stable hash of some top-level sections: what a stage's outputs depend on."""
-        dumped = self.model_dump(mode="json")
+        """Stable hash of some top-level sections: what a stage's outputs depend on (RUN_ONLY
+        settings left out)."""
+        dumped = without_run_only(PipelineConfig, self.model_dump(mode="json"))
         blob = json.dumps({k: dumped[k] for k in keys}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

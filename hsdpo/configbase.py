@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import typing
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
@@ -28,6 +29,40 @@ def check_location(value: str | None) -> str | None:
 
 
 Location = Annotated[str, AfterValidator(check_location)]
+
+
+# `Field(..., json_schema_extra=RUN_ONLY)`: a setting of how a stage runs (retries, checkpoint
+# cadence, log lines) that does not change what it writes; left out of the hash that decides whether
+# a finished stage is current, so changing it re-runs nothing.
+RUN_ONLY = {"run_only": True}
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The config model a field holds (itself, in a list, or optional), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def without_run_only(model: type[BaseModel], data: Any) -> Any:
+    """`data` (a JSON dump of `model`) less its RUN_ONLY fields, at any depth. Keys the model does
+    not know (a manifest written by another version) stay."""
+    if isinstance(data, list):
+        return [without_run_only(model, x) for x in data]
+    if not isinstance(data, dict):
+        return data
+    out = {}
+    for key, value in data.items():
+        f = model.model_fields.get(key)
+        if f is not None and (f.json_schema_extra or {}).get("run_only"):
+            continue
+        sub = _model_in(f.annotation) if f is not None else None
+        out[key] = without_run_only(sub, value) if sub is not None else value
+    return out
 
 
 class StrictModel(BaseModel):

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from hsdpo.configbase import StrictModel
+from hsdpo.configbase import RUN_ONLY, StrictModel
 
 
 class LoraConfig(StrictModel):
@@ -60,17 +60,19 @@ class TrainConfig(StrictModel):
     logp_chunk: int = Field(128, ge=1, description="positions per sequence in a chunk of the LM head and log-softmax (chunk x batch scored rows; never full [B,T,V] fp32 logits)")
     logp_recompute: bool = Field(True, description="recompute each LM-head chunk in backward, keeping one chunk's logits at a time; false keeps every chunk's log-softmax for backward (faster, about 4 bytes x scored positions x vocab more memory)")
     seed: int = Field(0, description="added to the run seed: data order")
-    checkpoint_every: int = Field(0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)")
-    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage")
-    max_failures: int = Field(0, ge=-1, description="Ray Train FailureConfig.max_failures (-1 = forever)")
+    checkpoint_every: int = Field(0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)",
+        json_schema_extra=RUN_ONLY)
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage", json_schema_extra=RUN_ONLY)
+    max_failures: int = Field(0, ge=-1, description="Ray Train FailureConfig.max_failures (-1 = forever)",
+        json_schema_extra=RUN_ONLY)
     fail_at_step: int | None = Field(
-        None, description="TESTING AID: rank 0 raises once on reaching this step (marker file in the checkpoint dir)"
-    )
-    log_every: int = Field(1, ge=1, description="metrics line every k steps (rank 0)")
+        None, description="TESTING AID: rank 0 raises once on reaching this step (marker file in the checkpoint dir)",
+        json_schema_extra=RUN_ONLY)
+    log_every: int = Field(1, ge=1, description="metrics line every k steps (rank 0)", json_schema_extra=RUN_ONLY)
     report_interval_s: float = Field(
         5.0, ge=0, description="least seconds between metrics-only ray.train.report calls: Ray Train takes one"
         " report per controller poll (2 s by default) and blocks the next until then; checkpoints and the last step"
-        " always report, metrics.jsonl gets every line; 0 = report every line")
+        " always report, metrics.jsonl gets every line; 0 = report every line", json_schema_extra=RUN_ONLY)
     tensorboard: bool = Field(False, description="also write TensorBoard events to <output>/tb")
     wandb_project: str | None = Field(None, description="also log to this W&B project (rank 0)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
