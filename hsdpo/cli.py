@@ -1,4 +1,4 @@
-"""`hsdpo <stage> CONFIG [key=value ...]`, `hsdpo pipeline CONFIG`, `hsdpo demo`.
+"""`hsdpo <stage> CONFIG [key=value ...]`, `hsdpo pipeline CONFIG`, `hsdpo status CONFIG`, `hsdpo demo`.
 
 Every stage runs unchanged as a Ray job:
     ray job submit --working-dir . -- hsdpo <stage> jobs/<recipe>.yaml [key=value ...]
@@ -85,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--force", action="append", default=[], metavar="STAGE", help="re-run this stage (or output folder)")
+    s = sub.add_parser("status", help="which steps of the recipe are current, and why the others would run (reads only)")
+    s.add_argument("config")
+    s.add_argument("overrides", nargs="*")
+    s.add_argument("--json", action="store_true", help="one JSON object a step")
     s = sub.add_parser("demo", help="the embedded demo: jobs/tiny.yaml into runs/demo on local Ray")
     s.add_argument("overrides", nargs="*")
     s.add_argument("--force", action="append", default=[], metavar="STAGE")
@@ -101,7 +105,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = load_config(args.config, args.overrides)
         check_reachable(cfg.run_dir)
-        if args.command == "pipeline":
+        if args.command == "status":
+            from hsdpo.status import format_status, pipeline_status, status_json
+
+            steps = pipeline_status(cfg)
+            print(status_json(steps) if args.json else format_status(cfg, steps))
+        elif args.command == "pipeline":
             run_pipeline(cfg, tuple(args.force))
         else:
             runner(args.command)(cfg, force=args.force)

@@ -335,6 +335,14 @@ def _read_lock(fs: fsspec.AbstractFileSystem, p: str) -> dict[str, Any] | None:
     return {}
 
 
+def lock_holder(run_dir: str, output: str) -> dict[str, Any] | None:
+    """The record of the run holding `output`'s lock now; None when nobody does (or the lock is a
+    killed run's, which the next run takes over)."""
+    fs, p = _fs(join(local_path(run_dir), LOCKS, f"{output}.json"))
+    holder = _read_lock(fs, p)
+    return holder if holder is not None and _stale(holder, time.time()) is None else None
+
+
 @contextlib.contextmanager
 def stage_lock(run_dir: str, output: str) -> Iterator[None]:
     """Hold `<run_dir>/_locks/<output>.json` while a stage checks, empties and writes its folder, so

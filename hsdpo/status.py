@@ -1,0 +1,137 @@
+"""`hsdpo status CONFIG [key=value ...]`: each step of the recipe, whether its output is current, and
+if not, why `hsdpo pipeline` would run it -- which config keys changed since it ran, which input was
+re-made, or which run holds it now. Reads manifests and locks only: starts no Ray, writes nothing.
+
+    step     output     state      why
+    data     problems   current    2000 problems, 3.1 s, 2026-11-30 05:12
+    sample   samples    stale      config changed: sample.n 8 -> 16
+    pairs    pairs      stale      input samples will be re-made
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hsdpo.config import PipelineConfig, with_overrides
+from hsdpo.configbase import without_run_only
+from hsdpo.plan import plan
+from hsdpo.rundir import RunDir, list_files, lock_holder, manifest_hash
+from hsdpo.stage import config_hash
+
+STATES = ("current", "running", "stale", "incomplete", "missing")
+MAX_CHANGES = 4  # config keys named in a line
+
+
+@dataclass
+class StepStatus:
+    stage: str
+    output: str
+    state: str  # one of STATES
+    why: str  # one line
+    rows: dict[str, int] = field(default_factory=dict)
+    finished_at: float | None = None
+    wall_s: float | None = None
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted keys to values; a list of sections (data.sources) by index, any other list whole."""
+    items = obj.items() if isinstance(obj, dict) else \
+        enumerate(obj) if isinstance(obj, list) and obj and all(isinstance(x, dict) for x in obj) else None
+    if items is None:
+        return {prefix[:-1]: obj}
+    out: dict[str, Any] = {}
+    for k, v in items:
+        out.update(_flatten(v, f"{prefix}{k}."))
+    return out
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def config_changes(recorded: dict[str, Any], now: dict[str, Any], sections: tuple[str, ...]) -> list[str]:
+    """`key old -> new` for each dotted key of `sections` whose value differs (RUN_ONLY settings,
+    which change no output, left out)."""
+    old = _flatten(without_run_only(PipelineConfig, {k: recorded.get(k) for k in sections}))
+    new = _flatten(without_run_only(PipelineConfig, {k: now.get(k) for k in sections}))
+
+    def show(d: dict[str, Any], k: str) -> str:
+        return _short(d[k]) if k in d else "(unset)"
+
+    return [f"{k} {show(old, k)} -> {show(new, k)}" for k in sorted(set(old) | set(new))
+            if k not in old or k not in new or old[k] != new[k]]
+
+
+def _since(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "?"
+
+
+def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus:
+    """The state of one step; `remade` holds the outputs of earlier steps that a pipeline run would
+    write again (so this one's inputs would change under it)."""
+    p = plan(cfg, stage)
+    rd = RunDir(cfg.run_dir)
+    st = StepStatus(stage, p.output, "current", "")
+    holder = lock_holder(cfg.run_dir, p.output)
+    if holder is not None:
+        st.state, st.why = "running", (f"host {holder.get('host')}, pid {holder.get('pid')}, since "
+                                       f"{_since(holder.get('started'))}: {holder.get('command', '?')}")
+        return st
+    m = rd.manifest(p.output)
+    if m is None or m.get("status") != "complete":
+        left = next(list_files(rd.path(p.output)), None)
+        st.state, st.why = ("incomplete", "a stopped run's partial output (the next run starts it over)") if left \
+            else ("missing", "not run yet")
+        return st
+    st.rows, st.finished_at, st.wall_s = m.get("rows", {}), m.get("finished_at"), m.get("wall_s")
+    if m.get("config_hash") != config_hash(cfg, p):
+        changes = config_changes(m.get("config") or {}, cfg.model_dump(mode="json"), p.sections)
+        named = ", ".join(changes[:MAX_CHANGES]) + (f" (+{len(changes) - MAX_CHANGES} more)" if len(changes) > MAX_CHANGES else "")
+        st.state, st.why = "stale", (f"config changed: {named}" if changes else
+                                     "config hash differs though no setting does (hashed by an older hsdpo)")
+        return st
+    recorded = m.get("inputs") or {}
+    for name in p.inputs:
+        if name in remade:
+            st.state, st.why = "stale", f"input {name} will be re-made"
+            return st
+        now = manifest_hash(rd.manifest(name))
+        if now is None:
+            st.state, st.why = "stale", f"input {name} is missing"
+            return st
+        if recorded.get(name) != now:
+            st.state, st.why = "stale", f"input {name} was re-made after this ran"
+            return st
+    counts = ", ".join(f"{v} {k}" for k, v in list(st.rows.items())[:2])
+    st.why = f"{counts}, {st.wall_s or 0:.1f} s, {_since(st.finished_at)}".lstrip(", ")
+    return st
+
+
+def pipeline_status(cfg: PipelineConfig) -> list[StepStatus]:
+    out, remade = [], set()
+    for step in cfg.steps:
+        step_cfg = with_overrides(cfg, step.overrides) if step.overrides else cfg
+        st = step_status(step_cfg, step.stage, remade)
+        if st.state != "current":
+            remade.add(st.output)
+        out.append(st)
+    return out
+
+
+def format_status(cfg: PipelineConfig, steps: list[StepStatus]) -> str:
+    rows = [("step", "output", "state", "why")] + [(s.stage, s.output, s.state, s.why) for s in steps]
+    w = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"run_dir {RunDir(cfg.run_dir).root}"]
+    lines += [f"  {a:<{w[0]}}  {b:<{w[1]}}  {c:<{w[2]}}  {d}".rstrip() for a, b, c, d in rows]
+    todo = [s.output for s in steps if s.state != "current"]
+    lines.append(f"{len(steps) - len(todo)} of {len(steps)} steps current"
+                 + (f"; `hsdpo pipeline` would run: {', '.join(todo)}" if todo else ""))
+    return "\n".join(lines)
+
+
+def status_json(steps: list[StepStatus]) -> str:
+    return json.dumps([asdict(s) for s in steps], indent=2, default=str)

@@ -1,0 +1,123 @@
+"""`hsdpo status`: each step's state read from the run dir's manifests and locks, with the reason a
+pipeline run would re-make it; RUN_ONLY settings change no stage's hash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hsdpo.cli import main
+from hsdpo.config import load_config, with_overrides
+from hsdpo.data.stage import run_data
+from hsdpo.plan import plan
+from hsdpo.rundir import StageResult, stage_lock
+from hsdpo.stage import config_hash, run_stage
+from hsdpo.status import pipeline_status
+
+
+def _recipe(tmp_path: Path) -> Path:
+    p = tmp_path / "r.yaml"
+    p.write_text(f"""run_dir: {tmp_path / 'run'}
+data: {{sources: [{{name: synthetic, synthetic: {{num_problems: 20}}}}]}}
+steps: [{{stage: data}}, {{stage: sft}}, {{stage: sample}}, {{stage: pairs}}]
+""")
+    return p
+
+
+def _finish(cfg, stage: str) -> None:
+    """A finished stage as run_stage records it (manifest, hash, input hashes), without training."""
+    def body(out: str) -> StageResult:
+        Path(out, "model.txt").write_text("weights")
+        return StageResult(stage, plan(cfg, stage).output, out, rows={"examples": 20})
+
+    run_stage(cfg, plan(cfg, stage), body=body)
+
+
+def _states(cfg) -> list[tuple[str, str, str]]:
+    return [(s.output, s.state, s.why) for s in pipeline_status(cfg)]
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_status_names_what_is_current_and_why_the_rest_would_run(tmp_path):
+    recipe = _recipe(tmp_path)
+    cfg = load_config(recipe)
+    assert [s for _, s, _ in _states(cfg)] == ["missing"] * 4
+    run_data(cfg)
+    _finish(cfg, "sft")
+    (tmp_path / "run" / "samples").mkdir()
+    (tmp_path / "run" / "samples" / "part-0.parquet").write_bytes(b"half")  # a killed sample run
+    got = _states(cfg)
+    assert [(o, s) for o, s, _ in got] == [("problems", "current"), ("sft", "current"), ("samples", "incomplete"),
+                                            ("pairs", "missing")]
+    assert got[0][2].startswith("20 problems, 20 train, ") and got[1][2].startswith("20 examples, ")
+
+    changed = with_overrides(cfg, ["sft.lr=0.002", "sft.steps=7"])
+    assert _states(changed)[1] == ("sft", "stale", "config changed: sft.lr 0.001 -> 0.002, sft.steps 100 -> 7")
+
+    # a re-made input: the downstream stage says which
+    run_data(cfg, force=True)
+    assert _states(cfg)[1] == ("sft", "stale", "input problems was re-made after this ran")
+    _finish(cfg, "sft")
+    _finish(cfg, "sample")
+    # an input a pipeline run would re-make first
+    assert _states(changed)[1:] == [("sft", "stale", "config changed: sft.lr 0.001 -> 0.002, sft.steps 100 -> 7"),
+                                    ("samples", "stale", "input sft will be re-made"), ("pairs", "missing", "not run yet")]
+    recipe.write_text(recipe.read_text().replace("num_problems: 20", "num_problems: 30"))
+    assert _states(load_config(recipe))[0] == ("problems", "stale",
+                                               "config changed: data.sources.0.synthetic.num_problems 20 -> 30")
+
+    with stage_lock(cfg.run_dir, "sft"):
+        output, state, why = _states(cfg)[1]
+        assert (output, state) == ("sft", "running") and f"pid {__import__('os').getpid()}" in why
+
+
+def test_run_only_settings_leave_a_finished_stage_current(tmp_path):
+    cfg = load_config(_recipe(tmp_path))
+    run_data(cfg)
+    _finish(cfg, "sft")
+    quiet = ["sft.log_every=9", "sft.report_interval_s=0", "sft.max_failures=2", "sft.checkpoint_every=3",
+             "sft.keep_checkpoints=5", "sample.max_restarts=0", "sample.verify_concurrency=4"]
+    assert config_hash(with_overrides(cfg, quiet), plan(cfg, "sft")) == config_hash(cfg, plan(cfg, "sft"))
+    assert _states(with_overrides(cfg, quiet))[1][1] == "current"
+    for key in ("sft.lr=0.5", "sft.num_workers=2", "sample.n=3", "model.preset=micro"):
+        stage = key.split(".")[0]
+        stage = {"model": "sft"}.get(stage, stage)
+        assert config_hash(with_overrides(cfg, [key]), plan(cfg, stage)) != config_hash(cfg, plan(cfg, stage)), key
+
+
+def test_the_cli_prints_a_table_or_json_and_writes_nothing(tmp_path, capsys):
+    recipe = _recipe(tmp_path)
+    cfg = load_config(recipe)
+    run_data(cfg)
+    before = _tree(tmp_path / "run")
+    capsys.readouterr()
+    assert main(["status", str(recipe)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == f"run_dir {tmp_path / 'run'}"
+    assert out[1].split() == ["step", "output", "state", "why"]
+    assert out[2].split()[:3] == ["data", "problems", "current"] and out[3].split()[:3] == ["sft", "sft", "missing"]
+    assert out[-1] == "1 of 4 steps current; `hsdpo pipeline` would run: sft, samples, pairs"
+    assert main(["status", str(recipe), "sft.lr=0.3", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["stage"], r["state"]) for r in rows] == [("data", "current"), ("sft", "missing"), ("sample", "missing"),
+                                                         ("pairs", "missing")]
+    assert rows[0]["rows"]["problems"] == 20 and rows[0]["finished_at"] > 0
+    assert _tree(tmp_path / "run") == before
+
+
+def test_status_of_a_run_dir_that_does_not_exist_is_all_missing(tmp_path, capsys):
+    recipe = _recipe(tmp_path)
+    assert main(["status", str(recipe)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "0 of 4 steps current; `hsdpo pipeline` would run: problems, sft, samples, pairs"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("bad", ["sft.lr=oops", "nosuch.key=1"])
+def test_status_with_a_bad_override_is_one_line(tmp_path, capsys, bad):
+    assert main(["status", str(_recipe(tmp_path)), bad]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
