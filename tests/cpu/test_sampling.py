@@ -96,7 +96,8 @@ def test_killed_sampler_actor_still_writes_exactly_n_rows(tmp_path, data_dir, ti
 ])
 def test_an_actor_pool_larger_than_the_local_ray_is_refused_and_the_samples_stay(sampled, overrides, says):
     """Ray Data would wait forever for actors no node can hold; the refusal comes before the stage
-    folder is emptied."""
+    folder is emptied (forced: the verifier pool's size is a RUN_ONLY setting, which alone would
+    leave the finished stage current and skipped)."""
     from hsdpo.config import InputError, with_overrides
     from hsdpo.rundir import RunDir
 
@@ -104,9 +105,19 @@ def test_an_actor_pool_larger_than_the_local_ray_is_refused_and_the_samples_stay
     rd = RunDir(cfg.run_dir)
     before = rd.manifest("samples")
     with pytest.raises(InputError) as err:
-        run_sample(with_overrides(cfg, overrides))
+        run_sample(with_overrides(cfg, overrides), force=True)
     assert str(err.value).startswith(says) and str(err.value).endswith("or join a cluster (ray.address)")
     assert rd.manifest("samples") == before and len(read_rows(result.path)) == len(rows)
+
+
+def test_run_only_settings_keep_finished_samples_and_others_do_not(sampled):
+    from hsdpo.config import with_overrides
+    from hsdpo.plan import plan
+    from hsdpo.stage import config_hash
+
+    cfg, result, _ = sampled
+    assert run_sample(with_overrides(cfg, ["sample.verify_concurrency=5", "sample.max_restarts=0"])).skipped
+    assert config_hash(with_overrides(cfg, ["sample.n=3"]), plan(cfg, "sample")) != config_hash(cfg, plan(cfg, "sample"))
 
 
 def test_check_counts_raises_on_lost_or_duplicated_rows():
