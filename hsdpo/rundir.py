@@ -259,10 +259,19 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid_namespace() -> str:
+    """Which processes a pid names: two containers can share a host name (host networking) and
+    not their pids."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def _stale(holder: dict[str, Any], now: float) -> str | None:
     """Why a lock's holder is gone, or None while it may be running."""
-    if holder.get("host") == socket.gethostname() and isinstance(holder.get("pid"), int) \
-            and holder["pid"] != os.getpid() and not _alive(holder["pid"]):
+    if holder.get("host") == socket.gethostname() and holder.get("pidns", "") == _pid_namespace() \
+            and isinstance(holder.get("pid"), int) and holder["pid"] != os.getpid() and not _alive(holder["pid"]):
         return f"process {holder['pid']} on this host has exited"
     beat = holder.get("heartbeat")
     if not isinstance(beat, (int, float)) or now - beat > STALE_S:
@@ -357,7 +366,7 @@ def stage_lock(run_dir: str, output: str) -> Iterator[None]:
     path = join(local_path(run_dir), LOCKS, f"{output}.json")
     fs, p = _fs(path)
     fs.makedirs(posixpath.dirname(p), exist_ok=True)
-    me = {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex,
+    me = {"host": socket.gethostname(), "pidns": _pid_namespace(), "pid": os.getpid(), "token": uuid.uuid4().hex,
           "command": " ".join(sys.argv)[:300], "started": time.time()}
 
     def record() -> bytes:

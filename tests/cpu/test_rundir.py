@@ -288,13 +288,18 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, capfd):
     import time
 
     from hsdpo.data.stage import run_data
-    from hsdpo.rundir import STALE_S, StageBusy
+    from hsdpo.rundir import STALE_S, StageBusy, _pid_namespace
 
     run = tmp_path / "run"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     now = time.time()
-    lock = _lock_file(run, {"host": socket.gethostname(), "pid": int(gone.stdout), "token": "t", "started": now,
-                            "heartbeat": now})
+    # the same host name in another pid namespace (a container on the host network): its pids are
+    # not this one's to look up, so only its heartbeat tells
+    here = {"host": socket.gethostname(), "pid": int(gone.stdout), "token": "t", "started": now, "heartbeat": now}
+    lock = _lock_file(run, {**here, "pidns": "pid:[1]"})
+    with pytest.raises(StageBusy):
+        run_data(_synthetic(str(run)))
+    _lock_file(run, {**here, "pidns": _pid_namespace()})
     assert not run_data(_synthetic(str(run))).skipped
     assert "has exited" in capfd.readouterr().err and not lock.exists()
 
