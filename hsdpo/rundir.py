@@ -298,6 +298,8 @@ def _create(fs: fsspec.AbstractFileSystem, p: str, data: bytes) -> bool:
             return True
         except FileExistsError:
             return False
+        except OSError:  # no hard links here (some FUSE and SMB mounts): O_EXCL, read back with retries
+            pass
         finally:
             os.unlink(tmp)
     try:

@@ -311,15 +311,21 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, capfd):
     assert "its last heartbeat is over" in capfd.readouterr().err and not lock.exists()
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_of_runs_starting_at_once_exactly_one_takes_the_lock(where, tmp_path, request):
-    """Eight threads race for one lock through the store's exclusive create (O_EXCL locally,
-    If-None-Match on S3): one holds it, seven are refused."""
+@pytest.mark.parametrize("where", ["local", "local without hard links", "s3"])
+def test_of_runs_starting_at_once_exactly_one_takes_the_lock(where, tmp_path, request, monkeypatch):
+    """Eight threads race for one lock through the store's exclusive create (a hard link locally,
+    O_EXCL where the filesystem has no hard links, If-None-Match on S3): one holds it, seven are
+    refused."""
     import threading
 
     from hsdpo.rundir import StageBusy, stage_lock
 
-    run = str(tmp_path / "run") if where == "local" else f"{request.getfixturevalue('s3_bucket')}/race-{uuid.uuid4().hex[:6]}"
+    if where == "local without hard links":
+        def no_links(src, dst):
+            raise PermissionError(1, "Operation not permitted")
+
+        monkeypatch.setattr(os, "link", no_links)
+    run = str(tmp_path / "run") if where != "s3" else f"{request.getfixturevalue('s3_bucket')}/race-{uuid.uuid4().hex[:6]}"
     start, held, outcomes = threading.Barrier(8), threading.Event(), []
 
     def contend() -> None:
