@@ -50,17 +50,17 @@ class SampleConfig(StrictModel):
 
     # --- verifier actors (in the same stream)
     verify: bool = Field(True, description="verify each sample in the stream (verdict columns); False = raw samples")
-    verify_concurrency: Pool = Field(1, description="verifier actors: n, or [min, max] to autoscale",
-        json_schema_extra=RUN_ONLY)
+    verify_concurrency: Pool = Field(
+        1, description="verifier actors: n, or [min, max] to autoscale", json_schema_extra=RUN_ONLY)
     verify_num_cpus: float = Field(1.0, ge=0, description="logical CPUs per verifier actor", json_schema_extra=RUN_ONLY)
-    verify_batch_size: int = Field(64, ge=1, description="rows a verifier actor checks per call",
-        json_schema_extra=RUN_ONLY)
+    verify_batch_size: int = Field(
+        64, ge=1, description="rows a verifier actor checks per call", json_schema_extra=RUN_ONLY)
 
     # --- fault tolerance
-    max_restarts: int = Field(3, ge=-1, description="restarts of a dead sampler/verifier actor (-1 = unlimited)",
-        json_schema_extra=RUN_ONLY)
-    max_task_retries: int = Field(3, ge=-1, description="retries of a batch whose actor died (-1 = unlimited)",
-        json_schema_extra=RUN_ONLY)
+    max_restarts: int = Field(
+        3, ge=-1, description="restarts of a dead sampler/verifier actor (-1 = unlimited)", json_schema_extra=RUN_ONLY)
+    max_task_retries: int = Field(
+        3, ge=-1, description="retries of a batch whose actor died (-1 = unlimited)", json_schema_extra=RUN_ONLY)
     crash_once_marker: str | None = Field(
         None, description="testing aid: the hf sampler process exits on its first batch if this file does not exist "
                           "(and creates it), to exercise actor restarts", json_schema_extra=RUN_ONLY)

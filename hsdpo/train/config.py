@@ -60,11 +60,11 @@ class TrainConfig(StrictModel):
     logp_chunk: int = Field(128, ge=1, description="positions per sequence in a chunk of the LM head and log-softmax (chunk x batch scored rows; never full [B,T,V] fp32 logits)")
     logp_recompute: bool = Field(True, description="recompute each LM-head chunk in backward, keeping one chunk's logits at a time; false keeps every chunk's log-softmax for backward (faster, about 4 bytes x scored positions x vocab more memory)")
     seed: int = Field(0, description="added to the run seed: data order")
-    checkpoint_every: int = Field(0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)",
-        json_schema_extra=RUN_ONLY)
+    checkpoint_every: int = Field(
+        0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)", json_schema_extra=RUN_ONLY)
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage", json_schema_extra=RUN_ONLY)
-    max_failures: int = Field(0, ge=-1, description="Ray Train FailureConfig.max_failures (-1 = forever)",
-        json_schema_extra=RUN_ONLY)
+    max_failures: int = Field(
+        0, ge=-1, description="Ray Train FailureConfig.max_failures (-1 = forever)", json_schema_extra=RUN_ONLY)
     fail_at_step: int | None = Field(
         None, description="TESTING AID: rank 0 raises once on reaching this step (marker file in the checkpoint dir)",
         json_schema_extra=RUN_ONLY)
