@@ -198,12 +198,28 @@ class RunDir:
     def input_hashes(self, inputs: list[str]) -> dict[str, str | None]:
         return {name: manifest_hash(self.manifest(name)) for name in inputs}
 
-    def is_current(self, output: str, config_hash: str, inputs: list[str]) -> bool:
+    def staleness(self, output: str, config_hash: str, inputs: list[str]) -> tuple[str, str] | None:
+        """None when `output` is complete and current; else why not: ("missing", ""),
+        ("config", ""), ("input missing", name) or ("input re-made", name) -- the last also when
+        the inputs recorded are not the inputs now."""
         m = self.manifest(output)
-        if not m or m.get("status") != "complete" or m.get("config_hash") != config_hash:
-            return False
+        if not m or m.get("status") != "complete":
+            return ("missing", "")
+        if m.get("config_hash") != config_hash:
+            return ("config", "")
         now = self.input_hashes(inputs)
-        return all(v is not None for v in now.values()) and m.get("inputs") == now
+        recorded = m.get("inputs") or {}
+        for name, h in now.items():
+            if h is None:
+                return ("input missing", name)
+            if recorded.get(name) != h:
+                return ("input re-made", name)
+        if set(recorded) != set(now):
+            return ("input re-made", ", ".join(sorted(set(recorded) ^ set(now))))
+        return None
+
+    def is_current(self, output: str, config_hash: str, inputs: list[str]) -> bool:
+        return self.staleness(output, config_hash, inputs) is None
 
     def require(self, output: str) -> dict[str, Any]:
         m = self.manifest(output)

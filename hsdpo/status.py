@@ -18,7 +18,7 @@ from typing import Any
 from hsdpo.config import PipelineConfig, with_overrides
 from hsdpo.configbase import without_run_only
 from hsdpo.plan import plan
-from hsdpo.rundir import RunDir, list_files, lock_holder, manifest_hash
+from hsdpo.rundir import RunDir, list_files, lock_holder
 from hsdpo.stage import config_hash
 
 STATES = ("current", "running", "stale", "incomplete", "missing")
@@ -81,31 +81,26 @@ def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus
         st.state, st.why = "running", (f"host {holder.get('host')}, pid {holder.get('pid')}, since "
                                        f"{_since(holder.get('started'))}: {holder.get('command', '?')}")
         return st
-    m = rd.manifest(p.output)
-    if m is None or m.get("status") != "complete":
+    why = rd.staleness(p.output, config_hash(cfg, p), list(p.inputs))  # the rule run_stage skips by
+    if why is not None and why[0] == "missing":
         left = next(list_files(rd.path(p.output)), None)
         st.state, st.why = ("incomplete", "a stopped run's partial output (the next run starts it over)") if left \
             else ("missing", "not run yet")
         return st
+    m = rd.manifest(p.output) or {}
     st.rows, st.finished_at, st.wall_s = m.get("rows", {}), m.get("finished_at"), m.get("wall_s")
-    if m.get("config_hash") != config_hash(cfg, p):
+    if why is not None and why[0] == "config":
         changes = config_changes(m.get("config") or {}, cfg.model_dump(mode="json"), p.sections)
         named = ", ".join(changes[:MAX_CHANGES]) + (f" (+{len(changes) - MAX_CHANGES} more)" if len(changes) > MAX_CHANGES else "")
         st.state, st.why = "stale", (f"config changed: {named}" if changes else
                                      "config hash differs though no setting does (hashed by an older hsdpo)")
         return st
-    recorded = m.get("inputs") or {}
-    for name in p.inputs:
-        if name in remade:
-            st.state, st.why = "stale", f"input {name} will be re-made"
-            return st
-        now = manifest_hash(rd.manifest(name))
-        if now is None:
-            st.state, st.why = "stale", f"input {name} is missing"
-            return st
-        if recorded.get(name) != now:
-            st.state, st.why = "stale", f"input {name} was re-made after this ran"
-            return st
+    later = [name for name in p.inputs if name in remade]
+    if why is not None or later:
+        st.state = "stale"
+        st.why = (f"input {why[1]} is missing" if why and why[0] == "input missing" else
+                  f"input {why[1]} was re-made after this ran" if why else f"input {later[0]} will be re-made")
+        return st
     counts = ", ".join(f"{v} {k}" for k, v in list(st.rows.items())[:2])
     st.why = f"{counts}, {st.wall_s or 0:.1f} s, {_since(st.finished_at)}".lstrip(", ")
     return st
