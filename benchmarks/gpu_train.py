@@ -45,7 +45,10 @@ class IdTokenizer:
 
     eos_token_id, pad_token_id = 0, 1
 
-    def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
+    def __call__(self, text: str | list[str], add_special_tokens: bool = False) -> dict:
+        """One text, or a batch of them (as a Hugging Face tokenizer takes them)."""
+        if isinstance(text, list):
+            return {"input_ids": [self(t)["input_ids"] for t in text]}
         return {"input_ids": [int(w) for w in text.split()]}
 
 

@@ -27,7 +27,7 @@ def efficiency(task: Task, per_rank: int, micro: int, ordered: bool, draws: int,
     rnd = random.Random(seed)
     real = computed = 0
     for _ in range(draws):
-        mine = rnd.sample(range(len(task.items)), per_rank)
+        mine = rnd.sample(range(len(task)), per_rank)
         if ordered:
             mine.sort(key=task.length)
         for a in range(0, per_rank, micro):
@@ -49,7 +49,7 @@ def main() -> None:
               "ref_chosen_logp": 0.0, "ref_rejected_logp": 0.0} for r in rows]
     with tempfile.TemporaryDirectory() as d:
         tok = build_tokenizer([p["prompt"] + p["chosen"] for p in pairs], d)
-    task = Task("dpo", DPOConfig(max_length=1024), pairs, tok)
+    task = Task.from_rows("dpo", DPOConfig(max_length=1024), pairs, tok)
     print(f"{len(pairs)} GSM8K pairs; real tokens / computed tokens per forward")
     print(f"{'pairs a rank':>12} {'micro':>6} {'stream order':>13} {'by length':>10} {'computed':>9}")
     for per_rank, micro in ((8, 2), (16, 4), (32, 4)):

@@ -10,8 +10,10 @@ The folder is removed after a successful run (and before a forced one).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
@@ -53,10 +55,7 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     from hsdpo.train.worker import ray_train_loop
 
     preflight(kind, t)
-    ds = ray.data.from_items([{**r, "_idx": i} for i, r in enumerate(rows)])
-    # each worker reads the whole table once, up front: a progress bar left open there would be
-    # re-drawn with every log line of the run (the worker executes with the dataset's context)
-    ds.context.enable_progress_bars = False
+    ds = tokenized_dataset(kind, t, rows, tokenizer_path)
     spec = {"kind": kind, "cfg": t.model_dump(mode="json"), "model_path": model_path,
             "tokenizer_path": tokenizer_path, "out_dir": local_path(out_dir),
             "marker": f"{ckpt_root}/_injected_failure"}
@@ -76,6 +75,54 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     log(f"{kind}: {len(rows)} rows, {t.num_workers} workers, checkpoints in {ckpt_root}")
     trainer.fit()
     return read_history(out_dir)
+
+
+def tokenized_dataset(kind: str, t: TrainConfig, rows: list[dict[str, Any]], tokenizer_path: str):
+    """The training table tokenised once, by Ray Data tasks across the cluster's CPUs, and held in the
+    object store (materialised before any worker starts, so no task competes with the worker group
+    for CPUs): every worker, and a worker restarted after a failure, reads token arrays instead of
+    tokenising every row itself. Only the columns the loss reads travel."""
+    import ray
+
+    from hsdpo.train.tokenize import INPUT_COLUMNS
+
+    items = [{"_idx": i, **{k: r.get(k) for k in INPUT_COLUMNS[kind]}} for i, r in enumerate(rows)]
+    ds = ray.data.from_items(items)
+    # each worker reads the whole table once, up front: a progress bar left open there would be
+    # re-drawn with every log line of the run (the worker executes with the dataset's context)
+    ds.context.enable_progress_bars = False
+    ds = ds.map_batches(tokenize_block, fn_kwargs={"kind": kind, "tokenizer_path": tokenizer_path,
+                                                   "max_length": t.max_length},
+                        batch_format="pyarrow", batch_size=TOKENIZE_BATCH)
+    return ds.materialize()
+
+
+TOKENIZE_BATCH = 2048  # rows a tokenising task takes at a time
+
+
+def tokenize_block(batch, kind: str, tokenizer_path: str, max_length: int):
+    """A Ray Data batch (pyarrow) of training rows -> its tokenised table (tokenize.tokenize_rows)."""
+    from hsdpo.train.tokenize import tokenize_rows
+
+    return tokenize_rows(kind, _tokenizer(tokenizer_path), batch.to_pylist(), max_length)
+
+
+def _tokenizer(path: str):
+    """Loaded once per Ray worker process (which runs many tasks) and folder version: a folder
+    rewritten in place, as a forced re-run of sft rewrites `_init/`, is loaded anew."""
+    from hsdpo.rundir import fetch_dir
+
+    local = fetch_dir(path)  # a URI: a local copy keyed by the folder's contents
+    files = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(local) if e.is_file()) \
+        if os.path.isdir(local) else []
+    return _load_tokenizer(local, tuple(files))
+
+
+@functools.lru_cache(maxsize=2)
+def _load_tokenizer(path: str, version: tuple):
+    from hsdpo.model import load_tokenizer
+
+    return load_tokenizer(path)
 
 
 def preflight(kind: str, t: TrainConfig) -> None:

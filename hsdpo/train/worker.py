@@ -2,7 +2,8 @@
 process (world size 1, no Ray: `benchmarks/gpu_train.py`).
 
 Data order (deterministic, so 1 worker and 2 workers see the same global batches): every worker
-receives the *whole* table (Ray Data dataset, not split, rows sorted by their `_idx` column), and
+receives the *whole* table, already tokenised (a materialised Ray Data dataset, not split, rows
+sorted by their `_idx` column; launch.tokenized_dataset), and
 global batch s is rows `perm_e[i mod N]` for stream positions i = s*B .. s*B+B-1, where `perm_e`
 is a seeded permutation per epoch e = i // N. Rank r takes the r-th contiguous slice of the global
 batch and runs it in micro-batches; when there are several, it first orders the slice by length
@@ -26,6 +27,8 @@ import tempfile
 import time
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import torch
 
 from hsdpo.config import ConfigError
@@ -34,8 +37,7 @@ from hsdpo.train import strategy
 from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
 from hsdpo.train.losses import sft_loss, weighted_dpo_loss
 from hsdpo.train.mfu import flops_per_token, head_flops_per_token, peak_flops, step_flops
-from hsdpo.train.tokenize import (Encoded, LogpModel, collate, encode, pair_batch, pair_examples, split_model,
-                                  to_device)
+from hsdpo.train.tokenize import Batch, LogpModel, Sequences, collate, split_model, to_device, tokenize_rows
 
 
 # ---- reporting: Ray Train when under it, else files only -----------------------------------------
@@ -141,13 +143,18 @@ def global_batch_indices(step: int, batch: int, n: int, seed: int) -> list[int]:
     return out
 
 
-def load_rows(rows: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
-    if rows is not None:
-        return rows
-    import ray.train
+def load_task(kind: str, t: TrainConfig, pad_id: int, shard=None) -> "Task":
+    """This worker's copy of the whole tokenised table (launch.tokenized_dataset), in `_idx` order.
+    `shard`: anything with Ray Data's `iter_batches`; default this worker's Ray Train shard."""
+    if shard is None:
+        import ray.train
 
-    got = list(ray.train.get_dataset_shard("train").iter_rows())
-    return sorted(got, key=lambda r: r["_idx"])
+        shard = ray.train.get_dataset_shard("train")
+    table = pa.concat_tables(list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))).sort_by("_idx")
+    task = Task(kind, t, table, pad_id)
+    del table
+    pa.default_memory_pool().release_unused()  # the sort's scratch; mimalloc keeps freed pages resident
+    return task
 
 
 # ---- model ---------------------------------------------------------------------------------------
@@ -176,56 +183,59 @@ def build_policy(spec: dict[str, Any], t: TrainConfig, model=None) -> torch.nn.M
 # ---- steps ---------------------------------------------------------------------------------------
 
 class Task:
-    """Encoded examples plus the micro-step of one method."""
+    """The tokenised training table (`tokenize_rows`) plus the micro-step of one method. An example
+    has one side (SFT) or two (DPO: chosen, rejected), run in one batch."""
 
-    def __init__(self, kind: str, cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: Any):
-        self.kind, self.cfg, self.pad = kind, cfg, tokenizer.pad_token_id
+    def __init__(self, kind: str, cfg: TrainConfig, table: pa.Table, pad_id: int):
+        self.kind, self.cfg, self.pad = kind, cfg, pad_id
         if kind == "dpo":
-            self.items = pair_examples(tokenizer, rows, cfg.max_length)
+            self.sides = [Sequences.from_columns(table, "chosen_"), Sequences.from_columns(table, "rejected_")]
             uniform = cfg.weighting == "uniform"
-            self.weights = [1.0 if uniform else float(r["weight"]) for r in rows]
-            self.ref = [(float(r["ref_chosen_logp"]), float(r["ref_rejected_logp"])) for r in rows]
-            self.truncated = sum(c.truncated or r.truncated for c, r in self.items)
+            self.weights = [1.0] * table.num_rows if uniform else table["weight"].to_pylist()
+            self.ref = np.stack([table["ref_chosen_logp"].to_numpy(), table["ref_rejected_logp"].to_numpy()], 1)
         else:
-            self.items = [encode(tokenizer, r["prompt"], r["completion"], cfg.max_length) for r in rows]
-            self.truncated = sum(e.truncated for e in self.items)
+            self.sides = [Sequences.from_columns(table, "")]
+        lengths = [s.lengths for s in self.sides]
+        self.width = np.maximum.reduce(lengths)  # padded width an example needs (its sides share a batch)
+        self.ntokens = sum(lengths)
+        self.completion = [n - s.prompt_len for n, s in zip(lengths, self.sides)]  # scored tokens (eos included)
+        self.truncated = int(np.logical_or.reduce([s.truncated for s in self.sides]).sum())
 
-    def completion_tokens(self, e: Encoded) -> int:
-        return len(e.input_ids) - e.prompt_len
+    @classmethod
+    def from_rows(cls, kind: str, cfg: TrainConfig, rows: list[dict[str, Any]], tokenizer: Any) -> "Task":
+        return cls(kind, cfg, tokenize_rows(kind, tokenizer, rows, cfg.max_length), tokenizer.pad_token_id)
+
+    def __len__(self) -> int:
+        return len(self.sides[0])
 
     def denominators(self, idx: list[int]) -> dict[str, float]:
         if self.kind == "dpo":
             # a batch of zero-weight pairs has weight 0; the loss then divides by 1 (a zero step)
-            return {"weight": sum(self.weights[i] for i in idx),
-                    "chosen_tokens": sum(self.completion_tokens(self.items[i][0]) for i in idx)}
-        return {"tokens": sum(self.completion_tokens(self.items[i]) for i in idx)}
+            return {"weight": sum(self.weights[i] for i in idx), "chosen_tokens": int(self.completion[0][idx].sum())}
+        return {"tokens": int(self.completion[0][idx].sum())}
 
     def length(self, i: int) -> int:
-        """Padded width example i needs (a pair: its longer side; chosen and rejected share a batch)."""
-        if self.kind == "dpo":
-            return max(len(self.items[i][0].input_ids), len(self.items[i][1].input_ids))
-        return len(self.items[i].input_ids)
+        return int(self.width[i])
 
     def scored(self, idx: list[int]) -> int:
         """Positions whose next token is scored (where the LM head runs): the completion tokens."""
-        if self.kind == "dpo":
-            return sum(self.completion_tokens(c) + self.completion_tokens(r) for c, r in (self.items[i] for i in idx))
-        return sum(self.completion_tokens(self.items[i]) for i in idx)
+        return int(sum(c[idx].sum() for c in self.completion))
 
     def tokens(self, idx: list[int]) -> int:
-        if self.kind == "dpo":
-            return sum(len(c.input_ids) + len(r.input_ids) for c, r in (self.items[i] for i in idx))
-        return sum(len(self.items[i].input_ids) for i in idx)
+        return int(self.ntokens[idx].sum())
+
+    def batch(self, idx: list[int]) -> Batch:
+        """Examples `idx`, every side in one right-padded batch (DPO: `[2n, T]`, chosen then rejected)."""
+        return collate([side[i] for side in self.sides for i in idx], self.pad)
 
     def micro_step(self, engine, idx: list[int], den: dict[str, float], batch_frac: float, device):
         """(loss for backward, metric sums) for one micro-batch; metrics already global-normalised."""
+        b = self.batch(idx).to(device)
         if self.kind == "sft":
-            b = collate([self.items[i] for i in idx], self.pad).to(device)
             logps, ntok = engine(b.input_ids, b.loss_mask, b.scored)
             loss = sft_loss(logps, ntok, denominator=den["tokens"])
             return loss, {"loss": loss.detach()}
-        b = pair_batch([self.items[i] for i in idx], self.pad).to(device)
-        ref = to_device(torch.tensor([self.ref[i] for i in idx], dtype=torch.float32), device)  # [n, 2]
+        ref = to_device(torch.tensor(self.ref[idx], dtype=torch.float32), device)  # [n, 2]
         w = to_device(torch.tensor([self.weights[i] for i in idx], dtype=torch.float32), device)
         logps, ntok = engine(b.input_ids, b.loss_mask, b.scored)  # [2n]
         n = len(idx)
@@ -290,8 +300,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         from hsdpo.model import load_tokenizer
 
         tokenizer = load_tokenizer(spec["tokenizer_path"])
-    rows = load_rows(rows)
-    task = Task(kind, t, rows, tokenizer)
+    task = Task.from_rows(kind, t, rows, tokenizer) if rows is not None else load_task(kind, t, tokenizer.pad_token_id)
     rows_per_forward = t.micro_batch_size * (2 if kind == "dpo" else 1)
     reporter = Reporter(spec.get("use_ray", False), spec.get("ckpt_dir"))
     torch.manual_seed(t.seed)  # what the policy draws at build (LoRA's A): the same on every rank and run
@@ -305,13 +314,13 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         n_flop, head_flop = flops_per_token(engine.module.model), head_flops_per_token(engine.module.model)
         peak = peak_flops(device) if t.use_gpu else None
         if rank == 0:
-            say(f"{kind}: {len(rows)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
+            say(f"{kind}: {len(task)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
         last_report = -math.inf
         for step in range(start, t.steps):
             inject_failure(t, spec, step, rank)
             t0 = time.perf_counter()
             lr = engine.optimizer.param_groups[0]["lr"]
-            sums, tokens, scored = run_step(task, engine, step, len(rows), world, rank, device)
+            sums, tokens, scored = run_step(task, engine, step, len(task), world, rank, device)
             done = step + 1
             ckpt = bool(t.checkpoint_every) and done % t.checkpoint_every == 0 and done < t.steps
             if done % t.log_every == 0 or done == t.steps or ckpt:

@@ -113,6 +113,62 @@ def test_masking_and_truncation(tiny_model_dir):
     assert long.truncated and len(long.input_ids) == 32 and long.prompt_len == 16
 
 
+def test_batched_encoding_is_one_tokenizer_call_a_text_and_survives_arrow(tiny_model_dir, data_dir):
+    """encode_batch (what the trainer and the reference stage tokenise with) gives, for real GSM8K
+    rows, what one tokenizer call a prompt and a completion gives, truncated by the documented rule
+    (the prompt keeps its last max_length // 2 tokens, the completion is cut on the right); the flat
+    arrays survive the Arrow columns the tokenised table travels in, read back across chunks."""
+    import pyarrow as pa
+
+    from hsdpo.model import load_tokenizer
+    from hsdpo.train.tokenize import Sequences, encode_batch
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    rows = [json.loads(line) for line in (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()[:40]]
+    prompts, completions = [format_prompt(r["question"]) for r in rows], [r["answer"] for r in rows]
+    eos = [i % 3 != 0 for i in range(len(rows))]
+    max_length = 200  # 31 of the 40 are longer, 25 of those with a prompt over 100
+    seqs = encode_batch(tok, prompts, completions, max_length, eos)
+    expect = []
+    for p, c, e in zip(prompts, completions, eos):
+        p = tok(p, add_special_tokens=False)["input_ids"]
+        c = tok(c, add_special_tokens=False)["input_ids"] + ([tok.eos_token_id] if e else [])
+        cut = len(p) + len(c) > max_length
+        if cut:
+            p = p[-100:] if len(p) > 100 else p
+            c = c[:max_length - len(p)]
+        expect.append((p + c, len(p), cut))
+    assert [(seqs[i].input_ids, seqs[i].prompt_len, seqs[i].truncated) for i in range(len(rows))] == expect
+    assert 0 < sum(seqs.truncated) < len(rows) and 0 < sum(seqs.prompt_len == 100) < sum(seqs.truncated)
+    halves = [pa.table(encode_batch(tok, prompts[a:b], completions[a:b], max_length, eos[a:b]).columns("x_"))
+              for a, b in ((0, 25), (25, 40))]
+    back = Sequences.from_columns(pa.concat_tables(halves), "x_")
+    for name in ("ids", "offsets", "prompt_len", "truncated"):
+        assert getattr(back, name).tolist() == getattr(seqs, name).tolist(), name
+    assert back.ids.dtype.itemsize == 4 and len(encode_batch(tok, [], [], max_length)) == 0
+
+
+def test_the_tokenising_tasks_load_a_rewritten_tokenizer_folder_anew(tmp_path):
+    """Ray Data's tokenising tasks keep a tokenizer per worker process; a folder rewritten in place
+    (a forced re-run of sft rebuilds `_init/` from another corpus) must not be served from that cache."""
+    import os
+
+    from hsdpo.model import TokenizerBuildConfig, build_tokenizer
+    from hsdpo.train.launch import _tokenizer
+
+    folder = tmp_path / "_init"
+    build_tokenizer(["one two three"] * 10, folder, cfg=TokenizerBuildConfig(kind="char"))
+    first = _tokenizer(str(folder))
+    assert _tokenizer(str(folder)) is first  # cached while the folder is unchanged
+    mtimes = {f.name: f.stat().st_mtime_ns for f in folder.iterdir()}
+    build_tokenizer(["four five six seven"] * 10, folder, cfg=TokenizerBuildConfig(kind="char"))
+    for f in folder.iterdir():  # rewritten within a coarse clock's tick: the sizes still tell
+        os.utime(f, ns=(mtimes[f.name], mtimes[f.name]))
+    second = _tokenizer(str(folder))
+    assert second is not first and second.get_vocab() != first.get_vocab()
+    assert second("seven")["input_ids"] != first("seven")["input_ids"]
+
+
 def test_chunked_logps_equal_full_logits(tiny_model_dir):
     from hsdpo.model import load_model, load_tokenizer
 
@@ -152,8 +208,8 @@ def test_model_flops_count_the_lm_head_only_where_it_runs(tiny_model_dir):
     tok = load_tokenizer(str(tiny_model_dir))
     rows = [{"prompt": "Question: 3 and 4?\nAnswer: ", "chosen": "#### 7", "rejected": "3 + 4 = 8\n#### 8",
              "weight": 1.0, "ref_chosen_logp": -5.0, "ref_rejected_logp": -6.0}] * 3
-    task = Task("dpo", DPOConfig(max_length=MAXLEN), rows, tok)
-    b = pair_batch([task.items[i] for i in (0, 2)], tok.pad_token_id)
+    task = Task.from_rows("dpo", DPOConfig(max_length=MAXLEN), rows, tok)
+    b = task.batch([0, 2])
     assert task.scored([0, 2]) == len(b.scored) == int(b.loss_mask.sum())  # what the MFU counts = what runs
     assert task.tokens([0, 2]) == int(b.attention_mask.sum())
 
@@ -167,7 +223,7 @@ def test_a_batch_of_zero_weight_pairs_gives_zero_loss_and_gradient(tiny_model_di
     tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="float32")
     rows = [{"prompt": "Question: 3 and 4?\nAnswer: ", "chosen": "#### 7", "rejected": "#### 9", "weight": w,
              "ref_chosen_logp": -5.0, "ref_rejected_logp": -6.0} for w in (0.0, 0.0, 2.0)]
-    task = Task("dpo", DPOConfig(beta=0.5, max_length=MAXLEN), rows, tok)
+    task = Task.from_rows("dpo", DPOConfig(beta=0.5, max_length=MAXLEN), rows, tok)
     den = task.denominators([0, 1])
     loss, m = task.micro_step(LogpModel(model, 16), [0, 1], den, 1 / 2, torch.device("cpu"))
     loss.backward()
