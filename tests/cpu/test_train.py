@@ -169,6 +169,21 @@ def test_the_tokenising_tasks_load_a_rewritten_tokenizer_folder_anew(tmp_path):
     assert second("seven")["input_ids"] != first("seven")["input_ids"]
 
 
+def test_global_batches_walk_a_seeded_permutation_an_epoch():
+    """Stream position i is row perm_e[i mod N] of epoch e = i // N (worker.py): each epoch visits
+    every row once, batches run across the epoch boundary, and a resumed run (a later step first, the
+    permutations drawn afresh) gets the same batches."""
+    from hsdpo.train.worker import epoch_order, global_batch_indices
+
+    n, batch, seed = 10, 4, 3
+    perms = [torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + e)).tolist() for e in range(3)]
+    stream = [perms[i // n][i % n] for i in range(7 * batch)]
+    assert [global_batch_indices(s, batch, n, seed) for s in range(7)] == [stream[s * batch:(s + 1) * batch] for s in range(7)]
+    assert sorted(stream[:n]) == sorted(stream[n:2 * n]) == list(range(n)) and stream[:n] != stream[n:2 * n]
+    epoch_order.cache_clear()
+    assert global_batch_indices(5, batch, n, seed) == stream[20:24]
+
+
 def test_chunked_logps_equal_full_logits(tiny_model_dir):
     from hsdpo.model import load_model, load_tokenizer
 
