@@ -91,13 +91,17 @@ def tokenized_dataset(kind: str, t: TrainConfig, rows: list[dict[str, Any]], tok
     # each worker reads the whole table once, up front: a progress bar left open there would be
     # re-drawn with every log line of the run (the worker executes with the dataset's context)
     ds.context.enable_progress_bars = False
+    tasks = ray.data.TaskPoolStrategy(size=-(-len(rows) // TOKENIZE_TASK_ROWS))
     ds = ds.map_batches(tokenize_block, fn_kwargs={"kind": kind, "tokenizer_path": tokenizer_path,
                                                    "max_length": t.max_length},
-                        batch_format="pyarrow", batch_size=TOKENIZE_BATCH)
+                        batch_format="pyarrow", batch_size=TOKENIZE_BATCH, compute=tasks)
     return ds.materialize()
 
 
 TOKENIZE_BATCH = 2048  # rows a tokenising task takes at a time
+# tasks at once: one a 50k rows (~15 s of work), so a small table does not start a worker process
+# (and import transformers) on every CPU: 20k demo rows took 8.4 s over 4 fresh workers, 5.3 s on one
+TOKENIZE_TASK_ROWS = 50_000
 
 
 def tokenize_block(batch, kind: str, tokenizer_path: str, max_length: int):
