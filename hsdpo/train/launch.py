@@ -78,10 +78,10 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
 
 
 def tokenized_dataset(kind: str, t: TrainConfig, rows: list[dict[str, Any]], tokenizer_path: str):
-    """The training table tokenised once, by Ray Data tasks across the cluster's CPUs, and held in the
-    object store (materialised before any worker starts, so no task competes with the worker group
-    for CPUs): every worker, and a worker restarted after a failure, reads token arrays instead of
-    tokenising every row itself. Only the columns the loss reads travel."""
+    """The training table tokenised once, by Ray Data tasks on the cluster's CPUs (up to one a 50k
+    rows at a time), and held in the object store (materialised before any worker starts, so no task
+    competes with the worker group for CPUs): every worker, and a worker restarted after a failure,
+    reads token arrays instead of tokenising every row itself. Only the columns the loss reads travel."""
     import ray
 
     from hsdpo.train.tokenize import INPUT_COLUMNS
