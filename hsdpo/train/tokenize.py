@@ -6,7 +6,7 @@ concatenated (no merge across the boundary; TRL does the same). Loss and log-pro
 completion tokens (and eos) only. An example longer than `max_length` is truncated: the prompt keeps
 at most its last `max_length // 2` tokens, the completion is cut on the right; `truncated` counts it.
 `encode_batch` is that rule for a batch of examples (one tokenizer call for its prompts, one for its
-completions), and the only one: `encode`, the trainer's table (`tokenize_rows`, made once by Ray
+completions), and the only one: the trainer's table (`tokenize_rows`, made once by Ray
 Data tasks before training starts, see launch.py) and the reference stage all go through it, so
 policy and reference score the same tokens. A table is held as flat int32 arrays (`Sequences`).
 
@@ -112,11 +112,6 @@ def encode_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence[s
     np.cumsum([len(s) for s in seqs], out=offsets[1:])
     ids = np.fromiter(itertools.chain.from_iterable(seqs), np.int32, int(offsets[-1]))
     return Sequences(ids, offsets, prompt_len, truncated)
-
-
-def encode(tokenizer: Any, prompt: str, completion: str, max_length: int, eos: bool = True) -> Encoded:
-    """One example (`encode_batch` of one)."""
-    return encode_batch(tokenizer, [prompt], [completion], max_length, eos)[0]
 
 
 @dataclass

@@ -26,7 +26,7 @@ from hsdpo.plan import Plan
 from hsdpo.prompts import format_prompt
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import read_rows, run_stage, write_rows
-from hsdpo.train.tokenize import collate, encode, pair_batch, pair_examples, sequence_logps
+from hsdpo.train.tokenize import collate, encode_batch, pair_batch, pair_examples, sequence_logps
 
 MAXLEN = 64
 
@@ -97,19 +97,23 @@ def test_masking_and_truncation(tiny_model_dir):
     from hsdpo.model import load_tokenizer
 
     tok = load_tokenizer(str(tiny_model_dir))
-    e = encode(tok, "Question: 2+2?\nAnswer: ", "4", max_length=64)
+
+    def encode(prompt: str, completion: str, max_length: int):
+        return encode_batch(tok, [prompt], [completion], max_length)[0]
+
+    e = encode("Question: 2+2?\nAnswer: ", "4", max_length=64)
     assert not e.truncated and e.input_ids[-1] == tok.eos_token_id
-    b = collate([e, encode(tok, "Q", "12", 64)], tok.pad_token_id)
+    b = collate([e, encode("Q", "12", 64)], tok.pad_token_id)
     assert b.loss_mask[0].sum().item() == len(e.input_ids) - e.prompt_len  # completion + eos only
     assert b.loss_mask[0, : e.prompt_len].sum().item() == 0
     assert b.attention_mask[1].sum().item() < b.input_ids.shape[1]  # right-padded
     # the LM head runs at the positions before each completion token: after the prompt, never in padding
     width = b.input_ids.shape[1]
-    e2 = encode(tok, "Q", "12", 64)
+    e2 = encode("Q", "12", 64)
     expect = [t for t in range(e.prompt_len - 1, len(e.input_ids) - 1)]
     expect += [width + t for t in range(e2.prompt_len - 1, len(e2.input_ids) - 1)]
     assert b.scored.tolist() == expect
-    long = encode(tok, "Question: " + "x " * 100, "y " * 100, max_length=32)
+    long = encode("Question: " + "x " * 100, "y " * 100, max_length=32)
     assert long.truncated and len(long.input_ids) == 32 and long.prompt_len == 16
 
 
