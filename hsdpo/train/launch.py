@@ -182,6 +182,7 @@ def summary(history: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, A
     out["first_loss"] = history[0]["loss"]
     out["steps"] = last["step"]
     out["tokens_per_s"] = sum(h["tokens_per_s"] for h in history) / len(history)
+    out["resumes"] = sum("resumed_at" in h for h in history)  # after a worker failure or a restart
     mfu = [h["mfu"] for h in history if h.get("mfu") is not None]
     if mfu:
         out["mfu"] = sum(mfu) / len(mfu)

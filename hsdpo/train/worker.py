@@ -319,6 +319,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         if rank == 0:
             say(f"{kind}: {len(task)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
         last_report = -math.inf
+        resumed_at = start or None  # tagged on the first line logged after a resume
         for step in range(start, t.steps):
             inject_failure(t, spec, step, rank)
             t0 = time.perf_counter()
@@ -339,6 +340,8 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
                            tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
                 row["mfu"] = (step_flops(n_flop, head_flop, tokens, scored) / dt / (peak * world)) if peak else None
                 row["time"] = time.time()
+                if resumed_at is not None:
+                    row["resumed_at"], resumed_at = resumed_at, None
                 log.add(row)
                 if report:
                     state = {"step": done, "world": world, "history": log.history}

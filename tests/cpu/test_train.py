@@ -547,6 +547,7 @@ def test_two_workers_with_a_failure_and_cpu_offload_match_one_worker(run, run_a)
     run_dpo(cfg)
     hist = _history(cfg, "dpo_b")
     assert hist[-1]["loss"] < hist[0]["loss"]
+    assert [h.get("resumed_at") for h in hist] == [None, None, 2, None]  # the failure at step 3 happened
     _assert_same_trajectory(run_a[2], hist)  # DeepSpeed's CPU Adam (state restored after the failure) = AdamW
 
 
@@ -566,6 +567,7 @@ def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
     run_dpo(rerun)
     hist = _history(rerun, out)
     assert [h["workers"] for h in hist] == [2, 2, 1, 1]  # steps 1-2 come from the 2-worker checkpoint
+    assert [h.get("resumed_at") for h in hist] == [None, None, 2, None]
     _assert_same_trajectory(run_a[2], hist)
     AutoModelForCausalLM.from_pretrained(Path(rerun.run_dir) / out / "model")  # ZeRO-3: consolidated from shards
 
@@ -612,6 +614,40 @@ def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
     assert set(after) == set(before)  # a plain HF folder: adapters merged, no peft keys
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
+
+
+def test_lora_sft_resumes_on_two_workers_after_a_failure_and_exports_merged(run):
+    """LoRA SFT from the SFT model: 1 worker uninterrupted against 2 workers whose rank 0 raises at
+    step 3 and resumes from the step-2 checkpoint (the adapters and their Adam state come back from
+    DeepSpeed's checkpoint; the frozen base from `init_from`); the same trajectory, and the export is
+    a plain HF folder in which only the adapted projections moved."""
+    from safetensors.torch import load_file
+
+    from hsdpo.train.sft import run_sft
+
+    lora = ["sft.init_from=sft", "sft.steps=4", "sft.checkpoint_every=2", "sft.lora.enabled=true", "sft.lora.r=4",
+            "sft.lora.alpha=8", "sft.lora.target_modules=[q_proj, v_proj]", "sft.lr=1e-2"]
+    one = with_overrides(run[0], lora + ["sft.output=sft_lora_a"])
+    two = with_overrides(run[0], lora + ["sft.output=sft_lora_b", "sft.num_workers=2", "sft.micro_batch_size=2",
+                                         "sft.fail_at_step=3", "sft.max_failures=1"])
+    run_sft(one)
+    run_sft(two)
+    a, b = _history(one, "sft_lora_a"), _history(two, "sft_lora_b")  # (that LoRA learns: the DPO test)
+    assert [h["workers"] for h in b] == [2, 2, 2, 2]
+    assert [h.get("resumed_at") for h in b] == [None, None, 2, None]  # rank 0 did fail at step 3
+    assert RunDir(one.run_dir).manifest("sft_lora_b")["metrics"]["resumes"] == 1
+    assert not any("resumed_at" in h for h in a)
+    _assert_same_trajectory(a, b, keys=("loss", "grad_norm"))
+    before = load_file(Path(one.run_dir) / "sft" / "model" / "model.safetensors")
+    for out in ("sft_lora_a", "sft_lora_b"):
+        after = load_file(Path(one.run_dir) / out / "model" / "model.safetensors")
+        assert set(after) == set(before)  # adapters merged, no peft keys
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed), out
+    merged_a = load_file(Path(one.run_dir) / "sft_lora_a" / "model" / "model.safetensors")
+    merged_b = load_file(Path(one.run_dir) / "sft_lora_b" / "model" / "model.safetensors")
+    for k in merged_a:
+        assert torch.allclose(merged_a[k], merged_b[k], atol=1e-5), k
 
 
 @pytest.mark.parametrize("overrides, message", [
