@@ -60,6 +60,12 @@ class TrainConfig(StrictModel):
     logp_chunk: int = Field(128, ge=1, description="positions per sequence in a chunk of the LM head and log-softmax (chunk x batch scored rows; never full [B,T,V] fp32 logits)")
     logp_recompute: bool = Field(True, description="recompute each LM-head chunk in backward, keeping one chunk's logits at a time; false keeps every chunk's log-softmax for backward (faster, about 4 bytes x scored positions x vocab more memory)")
     seed: int = Field(0, description="added to the run seed: data order")
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of problems held out of training (chosen by a hash of problem_id, so a"
+        " problem's rows stay on one side) and scored without gradients: eval_* metrics (0 = no held-out set)")
+    eval_every: int = Field(
+        0, ge=0, description="steps between held-out evaluations (0 = at the last step only); needs eval_fraction",
+        json_schema_extra=RUN_ONLY)
     checkpoint_every: int = Field(
         0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)", json_schema_extra=RUN_ONLY)
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage", json_schema_extra=RUN_ONLY)
@@ -92,6 +98,8 @@ class TrainConfig(StrictModel):
     def _compile_zero2(self) -> "TrainConfig":
         if self.compile and self.zero_stage != 2:
             raise ValueError("compile=true needs zero_stage 2 (ZeRO-3 gathers parameters in hooks a compiled layer skips)")
+        if self.eval_every and not self.eval_fraction:
+            raise ValueError("eval_every needs eval_fraction > 0 (the held-out share of problems)")
         return self
 
 

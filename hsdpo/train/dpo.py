@@ -22,7 +22,7 @@ from hsdpo.plan import plan
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import read_rows, run_stage, write_rejects
-from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, summary
+from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, split_heldout, summary
 
 NEEDED = ("pair_id", "prompt", "chosen", "rejected", "weight", "ref_chosen_logp", "ref_rejected_logp")
 
@@ -45,18 +45,28 @@ def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     return rows, rejects
 
 
-def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool, model_path: str) -> StageResult:
+def training_rows(cfg: PipelineConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """(training pairs, held-out pairs, rejects); read in the preflight, so that no usable pair or an
+    `eval_fraction` that leaves a side empty is a one-line error before the stage folder is emptied."""
     rows, rejects = dpo_rows(cfg)
     if not rows:
         raise InputError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}")
+    return (*split_heldout("dpo", cfg.dpo, rows), rejects)
+
+
+def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool, model_path: str,
+          data: tuple[list[dict], list[dict], list[dict]]) -> StageResult:
+    rows, heldout, rejects = data
     root = checkpoint_root(cfg, cfg.dpo, inputs)
     if force:
         clear_checkpoints(root)
-    history = fit("dpo", cfg.dpo, rows, model_path=model_path, tokenizer_path=model_path, out_dir=out, ckpt_root=root)
+    history = fit("dpo", cfg.dpo, rows, model_path=model_path, tokenizer_path=model_path, out_dir=out, ckpt_root=root,
+                  heldout=heldout)
     clear_checkpoints(root)
     keys = ("loss", "dpo_loss", "dpo_loss_unweighted", "accuracy", "margins", "rewards_chosen", "rewards_rejected",
             "grad_norm", "truncated")
-    return StageResult(stage="dpo", output=cfg.dpo.output, path=out, rows={"pairs": len(rows)},
+    counts = {"pairs": len(rows), **({"eval_pairs": len(heldout)} if heldout else {})}
+    return StageResult(stage="dpo", output=cfg.dpo.output, path=out, rows=counts,
                        rejects=write_rejects(out, rejects), metrics=summary(history, keys))
 
 
@@ -70,12 +80,13 @@ def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
 
         run_reflogp(cfg)  # skipped when current
     p = plan(cfg, "dpo")
-    resolved: dict[str, str] = {}  # by the preflight, once the inputs are known to be there
+    resolved: dict[str, Any] = {}  # by the preflight, once the inputs are known to be there
 
     def check() -> None:
         resolved["model"] = resolve_model_path(cfg.run_dir, d.init_from)
         init_ray(cfg.ray)
         preflight("dpo", d)
+        resolved["data"] = training_rows(cfg)
 
     return run_stage(cfg, p, preflight=check, force=force,
-                     body=lambda out: _body(cfg, out, list(p.inputs), force, resolved["model"]))
+                     body=lambda out: _body(cfg, out, list(p.inputs), force, resolved["model"], resolved["data"]))

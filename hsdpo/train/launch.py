@@ -26,7 +26,7 @@ from hsdpo.train.config import TrainConfig
 # the two settings fails (compute_grad_norm=false) or turns clipping off (its clip_grad is restored)
 TOPOLOGY = {"num_workers", "cpus_per_worker", "micro_batch_size", "use_gpu", "compile", "checkpoint_every", "keep_checkpoints", "max_failures",
             "fail_at_step", "log_every", "report_interval_s", "tensorboard", "wandb_project", "output", "logp_chunk", "logp_recompute",
-            "coalesce_grad_reduction"}
+            "coalesce_grad_reduction", "eval_every"}
 
 
 def checkpoint_root(cfg: PipelineConfig, t: TrainConfig, inputs: list[str]) -> str:
@@ -45,9 +45,29 @@ def clear_checkpoints(root: str) -> None:
     remove(root)
 
 
+def split_heldout(kind: str, t: TrainConfig, rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """(training rows, held-out rows): a problem is held out when a hash of its `problem_id` (a row
+    without one: its `pair_id`) falls under `t.eval_fraction`, the same on every run and machine,
+    so a problem's rows, and its other pairs, never sit on both sides."""
+    if not t.eval_fraction:
+        return rows, []
+    train, heldout = [], []
+    for r in rows:
+        key = str(r.get("problem_id", r.get("pair_id")))
+        u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+        (heldout if u < t.eval_fraction else train).append(r)
+    problems = len({str(r.get("problem_id", r.get("pair_id"))) for r in rows})
+    if not heldout or not train:
+        side = "no" if not heldout else "every"
+        raise InputError(f"{kind}.eval_fraction {t.eval_fraction:g} holds out {side} problem of {problems};"
+                         f" {'raise' if not heldout else 'lower'} it or set it to 0")
+    return train, heldout
+
+
 def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: str, tokenizer_path: str,
-        out_dir: str, ckpt_root: str) -> list[dict[str, Any]]:
-    """Train on `rows` with `t.num_workers` Ray Train workers; returns rank 0's metrics history."""
+        out_dir: str, ckpt_root: str, heldout: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Train on `rows` with `t.num_workers` Ray Train workers, scoring `heldout` rows (split_heldout)
+    at evaluation steps; returns rank 0's metrics history."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -55,10 +75,12 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     from hsdpo.train.worker import ray_train_loop
 
     preflight(kind, t)
-    ds = tokenized_dataset(kind, t, rows, tokenizer_path)
+    datasets = {"train": tokenized_dataset(kind, t, rows, tokenizer_path)}
+    if heldout:
+        datasets["eval"] = tokenized_dataset(kind, t, heldout, tokenizer_path)
     spec = {"kind": kind, "cfg": t.model_dump(mode="json"), "model_path": model_path,
             "tokenizer_path": tokenizer_path, "out_dir": local_path(out_dir),
-            "marker": f"{ckpt_root}/_injected_failure"}
+            "marker": f"{ckpt_root}/_injected_failure", "eval": bool(heldout)}
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config=spec,
@@ -69,10 +91,11 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
         ),
-        datasets={"train": ds},
+        datasets=datasets,
         dataset_config=DataConfig(datasets_to_split=[]),  # every worker sees the whole table (see worker.py)
     )
-    log(f"{kind}: {len(rows)} rows, {t.num_workers} workers, checkpoints in {ckpt_root}")
+    held = f" ({len(heldout)} held out)" if heldout else ""
+    log(f"{kind}: {len(rows)} rows{held}, {t.num_workers} workers, checkpoints in {ckpt_root}")
     trainer.fit()
     return read_history(out_dir)
 
@@ -186,4 +209,7 @@ def summary(history: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[str, A
     mfu = [h["mfu"] for h in history if h.get("mfu") is not None]
     if mfu:
         out["mfu"] = sum(mfu) / len(mfu)
+    evals = [h for h in history if any(k.startswith("eval_") for k in h)]
+    if evals:  # the last held-out evaluation
+        out.update({k: v for k, v in evals[-1].items() if k.startswith("eval_")})
     return out

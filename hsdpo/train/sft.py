@@ -24,7 +24,7 @@ from hsdpo.prompts import format_completion, format_prompt
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult, join, local_dir
 from hsdpo.stage import read_rows, run_stage, write_rejects
-from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, summary
+from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, split_heldout, summary
 
 
 def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -37,7 +37,7 @@ def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
             if not (p.get("question") or "").strip() or not (p.get("gold_solution") or "").strip():
                 rejects.append({"reason": "empty_question_or_solution", "row": p.get("problem_id")})
                 continue
-            rows.append({"prompt": format_prompt(p["question"], cfg.model.prompt_template),
+            rows.append({"problem_id": p.get("problem_id"), "prompt": format_prompt(p["question"], cfg.model.prompt_template),
                          "completion": format_completion(p["gold_solution"])})
         return rows, rejects
     seen = set()
@@ -47,7 +47,7 @@ def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
             rejects.append({"reason": "empty_chosen", "row": r.get("pair_id")})
         elif key not in seen:
             seen.add(key)
-            rows.append({"prompt": r["prompt"], "completion": r["chosen"]})
+            rows.append({"problem_id": r["problem_id"], "prompt": r["prompt"], "completion": r["chosen"]})
     return rows, rejects
 
 
@@ -69,18 +69,28 @@ def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str) -> 
     return init, init
 
 
-def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool) -> StageResult:
+def training_rows(cfg: PipelineConfig) -> tuple[list[dict], list[dict], list[dict]]:
+    """(training rows, held-out rows, rejects); read in the preflight, so that no training row or an
+    `eval_fraction` that leaves a side empty is a one-line error before the stage folder is emptied."""
     rows, rejects = sft_rows(cfg)
     if not rows:
         raise InputError(f"sft: no training rows from {cfg.sft.data_from!r}")
-    model_path, tok_path = initial_model(cfg, rows, out)
+    return (*split_heldout("sft", cfg.sft, rows), rejects)
+
+
+def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool,
+          data: tuple[list[dict], list[dict], list[dict]]) -> StageResult:
+    rows, heldout, rejects = data
+    model_path, tok_path = initial_model(cfg, rows, out)  # a tokenizer built here sees the training rows only
     root = checkpoint_root(cfg, cfg.sft, inputs)
     if force:
         clear_checkpoints(root)
-    history = fit("sft", cfg.sft, rows, model_path=model_path, tokenizer_path=tok_path, out_dir=out, ckpt_root=root)
+    history = fit("sft", cfg.sft, rows, model_path=model_path, tokenizer_path=tok_path, out_dir=out, ckpt_root=root,
+                  heldout=heldout)
     clear_checkpoints(root)
     metrics = summary(history, ("loss", "grad_norm", "lr", "truncated"))
-    return StageResult(stage="sft", output=cfg.sft.output, path=out, rows={"examples": len(rows)},
+    counts = {"examples": len(rows), **({"eval_examples": len(heldout)} if heldout else {})}
+    return StageResult(stage="sft", output=cfg.sft.output, path=out, rows=counts,
                        rejects=write_rejects(out, rejects), metrics=metrics)
 
 
@@ -96,5 +106,10 @@ def _preflight(cfg: PipelineConfig) -> None:
 
 def run_sft(cfg: PipelineConfig, force: bool = False) -> StageResult:
     p = plan(cfg, "sft")
-    return run_stage(cfg, p, preflight=lambda: _preflight(cfg), force=force,
-                     body=lambda out: _body(cfg, out, list(p.inputs), force))
+    data: list = []  # by the preflight, once the inputs are known to be there
+
+    def check() -> None:
+        _preflight(cfg)
+        data.append(training_rows(cfg))
+
+    return run_stage(cfg, p, preflight=check, force=force, body=lambda out: _body(cfg, out, list(p.inputs), force, data[0]))

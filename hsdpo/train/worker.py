@@ -146,13 +146,13 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).numpy()
 
 
-def load_task(kind: str, t: TrainConfig, pad_id: int, shard=None) -> "Task":
+def load_task(kind: str, t: TrainConfig, pad_id: int, shard=None, name: str = "train") -> "Task":
     """This worker's copy of the whole tokenised table (launch.tokenized_dataset), in `_idx` order.
-    `shard`: anything with Ray Data's `iter_batches`; default this worker's Ray Train shard."""
+    `shard`: anything with Ray Data's `iter_batches`; default this worker's Ray Train shard `name`."""
     if shard is None:
         import ray.train
 
-        shard = ray.train.get_dataset_shard("train")
+        shard = ray.train.get_dataset_shard(name)
     table = pa.concat_tables(list(shard.iter_batches(batch_size=None, batch_format="pyarrow"))).sort_by("_idx")
     task = Task(kind, t, table, pad_id)
     del table
@@ -270,6 +270,31 @@ def run_step(task: Task, engine, step: int, n: int, world: int, rank: int, devic
     return sums, task.tokens(idx), task.scored(idx)
 
 
+def evaluate(task: Task, engine, world: int, rank: int, device) -> dict[str, float]:
+    """The held-out rows' metrics (`eval_` + the training metric names: loss, and for DPO the weighted
+    and unweighted DPO loss, rewards, margins, accuracy), without gradients, in eval mode (LoRA
+    dropout off). Every row is scored once: rank r takes the r-th contiguous slice, ordered by length,
+    in micro-batches. Every rank runs the same number of forwards (ZeRO-3 gathers parameters in each
+    one, collectively); a rank short of rows repeats a row of its own, or row 0, and counts it zero."""
+    t, n = task.cfg, len(task)
+    idx = list(range(n))
+    den = task.denominators(idx)
+    per_rank, micro = -(-n // world), t.micro_batch_size
+    mine = sorted(idx[rank * per_rank:(rank + 1) * per_rank], key=task.length)
+    sums: dict[str, torch.Tensor] = {}
+    engine.eval()
+    try:
+        with torch.no_grad():
+            for a in range(-(-per_rank // micro)):
+                part = mine[a * micro:(a + 1) * micro]
+                _, m = task.micro_step(engine, part or mine[:1] or [0], den, 1.0 / n, device)
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0) + (v if part else v * 0)
+    finally:
+        engine.train()
+    return {f"eval_{k}": v for k, v in reduce_metrics(sums).items()}
+
+
 def reduce_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     keys = sorted(sums)
     flat = strategy.all_reduce_sum(torch.stack([sums[k].float() for k in keys]))
@@ -304,6 +329,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
 
         tokenizer = load_tokenizer(spec["tokenizer_path"])
     task = Task.from_rows(kind, t, rows, tokenizer) if rows is not None else load_task(kind, t, tokenizer.pad_token_id)
+    heldout = load_task(kind, t, tokenizer.pad_token_id, name="eval") if spec.get("eval") else None
     rows_per_forward = t.micro_batch_size * (2 if kind == "dpo" else 1)
     reporter = Reporter(spec.get("use_ray", False), spec.get("ckpt_dir"))
     torch.manual_seed(t.seed)  # what the policy draws at build (LoRA's A): the same on every rank and run
@@ -327,7 +353,8 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
             sums, tokens, scored = run_step(task, engine, step, len(task), world, rank, device)
             done = step + 1
             ckpt = bool(t.checkpoint_every) and done % t.checkpoint_every == 0 and done < t.steps
-            if done % t.log_every == 0 or done == t.steps or ckpt:
+            scoring = heldout is not None and (done == t.steps or (t.eval_every and done % t.eval_every == 0))
+            if done % t.log_every == 0 or done == t.steps or ckpt or scoring:
                 # rank 0's clock decides whether Ray Train gets this line too; the flag travels in the
                 # metrics' all-reduce, so every rank reports alike
                 due = rank == 0 and time.monotonic() - last_report >= t.report_interval_s
@@ -339,6 +366,8 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
                            skipped_steps=strategy.take_skipped_steps(engine),
                            tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
                 row["mfu"] = (step_flops(n_flop, head_flop, tokens, scored) / dt / (peak * world)) if peak else None
+                if scoring:  # after the step's clock: throughput is the training step's
+                    row.update(evaluate(heldout, engine, world, rank, device))
                 row["time"] = time.time()
                 if resumed_at is not None:
                     row["resumed_at"], resumed_at = resumed_at, None

@@ -46,6 +46,8 @@ def test_no_file_gives_defaults():
         ("", ["dpo.deepspeed.optimizer.type=Lamb"], "optimizer is set from hsdpo's own fields"),
         ("", ["sft.deepspeed.zero_optimization.stage=3"], "zero_optimization.stage is set from hsdpo's own fields"),
         ("", ["dpo.compile=true", "dpo.zero_stage=3"], "compile=true needs zero_stage 2"),
+        ("", ["sft.eval_every=10"], "eval_every needs eval_fraction > 0"),
+        ("", ["dpo.eval_fraction=1"], "bad config value at dpo.eval_fraction"),
         ("", ["run_dir=foo://bucket/run"], "bad config value at run_dir: Value error, no filesystem is known for foo://"),
         ("data: {sources: [{name: gsm8k, path: 'bar://b/train.jsonl'}]}\n", [],
          "bad config value at data.sources.0.path: Value error, no filesystem is known for bar://"),

@@ -188,6 +188,26 @@ def test_global_batches_walk_a_seeded_permutation_an_epoch():
     assert global_batch_indices(5, batch, n, seed) == stream[20:24]
 
 
+def test_the_held_out_split_is_by_problem_stable_and_refuses_an_empty_side():
+    from hsdpo.config import InputError
+    from hsdpo.train.config import DPOConfig
+    from hsdpo.train.launch import split_heldout
+
+    rows = [{"problem_id": f"q{i // 3}", "pair_id": f"p{i}"} for i in range(3000)]  # 3 pairs a problem
+    t = DPOConfig(eval_fraction=0.1)
+    train, held = split_heldout("dpo", t, rows)
+    assert len(train) + len(held) == 3000 and 0.07 < len(held) / 3000 < 0.13
+    assert not {r["problem_id"] for r in train} & {r["problem_id"] for r in held}  # a problem on one side
+    assert split_heldout("dpo", t, list(reversed(rows)))[1] == list(reversed(held))  # not by position
+    assert split_heldout("dpo", DPOConfig(), rows) == (rows, [])
+    no_problem = [{"pair_id": f"p{i}"} for i in range(200)]  # external pairs: by pair_id
+    assert 0 < len(split_heldout("dpo", DPOConfig(eval_fraction=0.5), no_problem)[1]) < 200
+    with pytest.raises(InputError, match=r"^dpo.eval_fraction 0.01 holds out no problem of 2; raise it or set it to 0$"):
+        split_heldout("dpo", DPOConfig(eval_fraction=0.01), rows[:6])
+    with pytest.raises(InputError, match=r"^sft.eval_fraction 0.999 holds out every problem of 1; lower it"):
+        split_heldout("sft", DPOConfig(eval_fraction=0.999), rows[:3])
+
+
 def test_chunked_logps_equal_full_logits(tiny_model_dir):
     from hsdpo.model import load_model, load_tokenizer
 
@@ -464,7 +484,10 @@ def test_fused_clip_equals_deepspeeds_clipping_and_skips_non_finite_steps(tiny_m
     assert out["reads False"]["reads"] >= 2 and out["reads False"]["synchronize"] == 0
 
 
-def test_dpo_rows_count_unusable_pairs_as_rejects(run):
+def test_dpo_rows_count_unusable_pairs_as_rejects(run, run_a, tmp_path, capsys):
+    """And a pairs folder with no usable pair is one line before the stage folder is emptied."""
+    from hsdpo.cli import main
+    from hsdpo.config import dump_config
     from hsdpo.train.dpo import dpo_rows
 
     cfg = run[0]
@@ -481,6 +504,18 @@ def test_dpo_rows_count_unusable_pairs_as_rejects(run):
     assert [r["pair_id"] for r in rows] == [good["pair_id"]]
     assert sorted((r["row"], r["reason"]) for r in rejects) == [
         ("empty", "empty_completion"), ("nan", "non_finite"), ("neg", "negative_weight"), ("none", "missing_chosen")]
+
+    def only_bad(out: str) -> StageResult:
+        write_rows(bad, out + "/pairs.parquet")
+        return StageResult("reflogp", "ref_all_bad", out, rows={"pairs": 4})
+
+    run_stage(cfg, Plan("reflogp", "ref_all_bad", (), ("seed",)), body=only_bad)
+    path = tmp_path / "c.yaml"
+    path.write_text(dump_config(cfg))
+    before = RunDir(cfg.run_dir).manifest("dpo_a")
+    assert main(["dpo", str(path), "dpo.output=dpo_a", "dpo.pairs_from=ref_all_bad"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "hsdpo: dpo: no usable pairs in 'ref_all_bad'"
+    assert RunDir(cfg.run_dir).manifest("dpo_a") == before
 
 
 # ---- stages ---------------------------------------------------------------------------------------
@@ -593,19 +628,28 @@ def test_compiled_layers_deepspeed_extras_and_tensorboard(run, run_a):
     assert reference["compiled_graphs"] == 0 and "reduce_bucket_size" in reference["deepspeed"]["zero_optimization"]
 
 
-def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
+def test_lora_dpo_trains_adapters_scores_held_out_pairs_and_exports_them_merged(run):
     """Also: a metrics line every step, reported to Ray Train only at the first and the last (no
     checkpoints, report_interval_s 5): Ray Train takes one report per controller poll (2 s) and
     blocks the next one until then, which would hold each of steps 2-4 for up to 2 s."""
     from safetensors.torch import load_file
 
-    from hsdpo.train.dpo import run_dpo
+    from hsdpo.train.dpo import dpo_rows, run_dpo
+    from hsdpo.train.launch import split_heldout
 
     cfg = with_overrides(run[0], ["dpo.output=dpo_lora", "dpo.lora.enabled=true", "dpo.lora.r=8", "dpo.lora.alpha=16",
-                                  "dpo.lora.target_modules=[q_proj, v_proj]", "dpo.checkpoint_every=0"])
+                                  "dpo.lora.target_modules=[q_proj, v_proj]", "dpo.checkpoint_every=0",
+                                  "dpo.eval_fraction=0.4"])
     run_dpo(cfg)
     hist = _history(cfg, "dpo_lora")
     assert [h["step"] for h in hist] == [1, 2, 3, 4]
+    # 3 of the 8 pairs held out, scored at the last step only (eval_every 0): the exported model's losses
+    _, heldout = split_heldout("dpo", cfg.dpo, dpo_rows(cfg)[0])
+    assert RunDir(cfg.run_dir).manifest("dpo_lora")["rows"] == {"pairs": 5, "eval_pairs": 3}
+    assert [("eval_dpo_loss" in h) for h in hist] == [False, False, False, True]
+    direct = _heldout_losses(Path(cfg.run_dir) / "dpo_lora" / "model", "dpo", heldout, beta=cfg.dpo.beta)
+    assert hist[-1]["eval_dpo_loss"] == pytest.approx(direct["eval_dpo_loss"], rel=1e-5)
+    assert hist[-1]["eval_accuracy"] == pytest.approx(direct["eval_accuracy"])
     assert hist[-1]["time"] - hist[0]["time"] < 1.5  # three steps of a tiny model, no report waits between
     assert hist[0]["dpo_loss"] == pytest.approx(math.log(2), abs=1e-5)  # B = 0: policy starts as the reference
     assert hist[-1]["loss"] < hist[0]["loss"]
@@ -616,17 +660,44 @@ def test_lora_dpo_trains_adapters_and_exports_them_merged(run):
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
 
 
-def test_lora_sft_resumes_on_two_workers_after_a_failure_and_exports_merged(run):
-    """LoRA SFT from the SFT model: 1 worker uninterrupted against 2 workers whose rank 0 raises at
-    step 3 and resumes from the step-2 checkpoint (the adapters and their Adam state come back from
-    DeepSpeed's checkpoint; the frozen base from `init_from`); the same trajectory, and the export is
-    a plain HF folder in which only the adapted projections moved."""
+def _heldout_losses(model_dir: Path, kind: str, rows: list[dict], beta: float = 0.1) -> dict[str, float]:
+    """The eval_* figures computed directly from an exported model: the SFT token NLL, or the DPO
+    losses and accuracy against the cached reference log-probs, over all `rows` at once."""
+    from hsdpo.model import load_model, load_tokenizer
+    from hsdpo.train.losses import weighted_dpo_loss
+
+    tok, model = load_tokenizer(str(model_dir)), load_model(str(model_dir), dtype="float32").eval()
+    if kind == "sft":
+        enc = encode_batch(tok, [r["prompt"] for r in rows], [r["completion"] for r in rows], MAXLEN)
+        b = collate([enc[i] for i in range(len(enc))], tok.pad_token_id)
+    else:
+        b = pair_batch(pair_examples(tok, rows, MAXLEN), tok.pad_token_id)
+    with torch.no_grad():
+        logps, ntok = sequence_logps(model, b.input_ids, b.loss_mask)
+    if kind == "sft":
+        return {"eval_loss": float(-logps.sum() / ntok.sum())}
+    n = len(rows)
+    ref = torch.tensor([[r["ref_chosen_logp"], r["ref_rejected_logp"]] for r in rows])
+    w = torch.tensor([float(r["weight"]) for r in rows])
+    _, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=beta)
+    return {"eval_dpo_loss": float(m["dpo_loss"]), "eval_accuracy": float(m["accuracy"])}
+
+
+def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_problems(run):
+    """LoRA SFT from the SFT model, 13 of the 32 problems held out: 1 worker uninterrupted against 2
+    workers whose rank 0 raises at step 3 and resumes from the step-2 checkpoint (the adapters and
+    their Adam state come back from DeepSpeed's checkpoint; the frozen base from `init_from`). The
+    same trajectory, held-out losses included (13 rows over 2 ranks x micro 2: rank 1 pads its last
+    forward with a row counted zero); the last equals the exported model's loss on those rows; the
+    export is a plain HF folder in which only the adapted projections moved."""
     from safetensors.torch import load_file
 
-    from hsdpo.train.sft import run_sft
+    from hsdpo.train.launch import split_heldout
+    from hsdpo.train.sft import run_sft, sft_rows
 
     lora = ["sft.init_from=sft", "sft.steps=4", "sft.checkpoint_every=2", "sft.lora.enabled=true", "sft.lora.r=4",
-            "sft.lora.alpha=8", "sft.lora.target_modules=[q_proj, v_proj]", "sft.lr=1e-2"]
+            "sft.lora.alpha=8", "sft.lora.target_modules=[q_proj, v_proj]", "sft.lr=1e-2", "sft.eval_fraction=0.4",
+            "sft.eval_every=2"]
     one = with_overrides(run[0], lora + ["sft.output=sft_lora_a"])
     two = with_overrides(run[0], lora + ["sft.output=sft_lora_b", "sft.num_workers=2", "sft.micro_batch_size=2",
                                          "sft.fail_at_step=3", "sft.max_failures=1"])
@@ -635,9 +706,18 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_exports_merged(run)
     a, b = _history(one, "sft_lora_a"), _history(two, "sft_lora_b")  # (that LoRA learns: the DPO test)
     assert [h["workers"] for h in b] == [2, 2, 2, 2]
     assert [h.get("resumed_at") for h in b] == [None, None, 2, None]  # rank 0 did fail at step 3
-    assert RunDir(one.run_dir).manifest("sft_lora_b")["metrics"]["resumes"] == 1
+    manifest = RunDir(one.run_dir).manifest("sft_lora_b")
+    assert manifest["metrics"]["resumes"] == 1 and manifest["rows"] == {"examples": 19, "eval_examples": 13}
     assert not any("resumed_at" in h for h in a)
+    assert [("eval_loss" in h) for h in a] == [False, True, False, True]
     _assert_same_trajectory(a, b, keys=("loss", "grad_norm"))
+    for ha, hb in zip(a[1::2], b[1::2]):
+        assert hb["eval_loss"] == pytest.approx(ha["eval_loss"], rel=1e-5)
+    assert a[1]["eval_loss"] != a[3]["eval_loss"]
+    _, heldout = split_heldout("sft", one.sft, sft_rows(one)[0])
+    direct = _heldout_losses(Path(one.run_dir) / "sft_lora_a" / "model", "sft", heldout)
+    assert a[-1]["eval_loss"] == pytest.approx(direct["eval_loss"], rel=1e-5)
+    assert RunDir(one.run_dir).manifest("sft_lora_a")["metrics"]["eval_loss"] == a[-1]["eval_loss"]
     before = load_file(Path(one.run_dir) / "sft" / "model" / "model.safetensors")
     for out in ("sft_lora_a", "sft_lora_b"):
         after = load_file(Path(one.run_dir) / out / "model" / "model.safetensors")
@@ -656,6 +736,7 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_exports_merged(run)
     # the session's local Ray has 4 CPUs and no GPU: Ray Train would wait for an autoscaler
     (["dpo.num_workers=8", "dpo.batch_size=32"], "hsdpo: dpo: 8 workers x 1 CPU (dpo.cpus_per_worker) need 8 CPUs and this"
      " local Ray has 4 (ray.num_cpus); lower dpo.num_workers or dpo.cpus_per_worker, or join a cluster (ray.address)"),
+    (["dpo.eval_fraction=0.01"], "hsdpo: dpo.eval_fraction 0.01 holds out no problem of 8; raise it or set it to 0"),
     (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
      " set dpo.use_gpu=false, or join a cluster (ray.address)"),
 ])
