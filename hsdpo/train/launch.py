@@ -51,15 +51,14 @@ def split_heldout(kind: str, t: TrainConfig, rows: list[dict[str, Any]]) -> tupl
     so a problem's rows, and its other pairs, never sit on both sides."""
     if not t.eval_fraction:
         return rows, []
-    train, heldout = [], []
-    for r in rows:
-        key = str(r.get("problem_id", r.get("pair_id")))
-        u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
-        (heldout if u < t.eval_fraction else train).append(r)
-    problems = len({str(r.get("problem_id", r.get("pair_id"))) for r in rows})
+    keys = [str(r.get("problem_id", r.get("pair_id"))) for r in rows]
+    held = {k for k in set(keys)
+            if int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "big") / 2**64 < t.eval_fraction}
+    train = [r for r, k in zip(rows, keys) if k not in held]
+    heldout = [r for r, k in zip(rows, keys) if k in held]
     if not heldout or not train:
         side = "no" if not heldout else "every"
-        raise InputError(f"{kind}.eval_fraction {t.eval_fraction:g} holds out {side} problem of {problems};"
+        raise InputError(f"{kind}.eval_fraction {t.eval_fraction:g} holds out {side} problem of {len(set(keys))};"
                          f" {'raise' if not heldout else 'lower'} it or set it to 0")
     return train, heldout
 

@@ -37,7 +37,8 @@ def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
             if not (p.get("question") or "").strip() or not (p.get("gold_solution") or "").strip():
                 rejects.append({"reason": "empty_question_or_solution", "row": p.get("problem_id")})
                 continue
-            rows.append({"problem_id": p.get("problem_id"), "prompt": format_prompt(p["question"], cfg.model.prompt_template),
+            rows.append({"problem_id": p.get("problem_id"),
+                         "prompt": format_prompt(p["question"], cfg.model.prompt_template),
                          "completion": format_completion(p["gold_solution"])})
         return rows, rejects
     seen = set()
@@ -112,4 +113,5 @@ def run_sft(cfg: PipelineConfig, force: bool = False) -> StageResult:
         _preflight(cfg)
         data.append(training_rows(cfg))
 
-    return run_stage(cfg, p, preflight=check, force=force, body=lambda out: _body(cfg, out, list(p.inputs), force, data[0]))
+    return run_stage(cfg, p, preflight=check, force=force,
+                     body=lambda out: _body(cfg, out, list(p.inputs), force, data[0]))
