@@ -143,17 +143,35 @@ def scored_positions(loss_mask: torch.Tensor) -> torch.Tensor:
 
 
 def collate(examples: list[Encoded], pad_id: int, pad_to: int | None = None) -> Batch:
-    width = max(len(e.input_ids) for e in examples)
-    width = max(width, pad_to or 0)
-    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    attn = torch.zeros((len(examples), width), dtype=torch.long)
-    mask = torch.zeros((len(examples), width), dtype=torch.long)
-    for i, e in enumerate(examples):
-        n = len(e.input_ids)
-        ids[i, :n] = torch.tensor(e.input_ids)
-        attn[i, :n] = 1
-        mask[i, e.prompt_len:n] = 1
-    return Batch(ids, attn, mask, scored_positions(mask))
+    """Examples as one right-padded batch (`collate_rows` over a table of just these)."""
+    lengths = np.array([len(e.input_ids) for e in examples], np.int64)
+    offsets = np.zeros(len(examples) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    ids = np.fromiter(itertools.chain.from_iterable(e.input_ids for e in examples), np.int32, int(offsets[-1]))
+    seqs = Sequences(ids, offsets, np.array([e.prompt_len for e in examples], np.int64),
+                     np.array([e.truncated for e in examples], bool))
+    return collate_rows([(seqs, np.arange(len(examples)))], pad_id, pad_to)
+
+
+def collate_rows(parts: list[tuple[Sequences, np.ndarray]], pad_id: int, pad_to: int | None = None) -> Batch:
+    """Rows `idx` of each `(table, idx)` in `parts`, in that order, as one right-padded batch: a few
+    array operations a table over its flat token array (a row at a time, through Python lists, it
+    took 1 ms for 8 pairs x 512 tokens on the 2-core build machine: host time in every micro-step)."""
+    parts = [(s, np.asarray(i, np.int64)) for s, i in parts]
+    lengths = np.concatenate([s.offsets[i + 1] - s.offsets[i] for s, i in parts])
+    prompt = np.concatenate([s.prompt_len[i] for s, i in parts])
+    width = max(int(lengths.max(initial=0)), pad_to or 0)
+    ids = np.full((len(lengths), width), pad_id, np.int64)
+    row0 = 0
+    for s, i in parts:
+        n = s.offsets[i + 1] - s.offsets[i]
+        col = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # each token's place in its row
+        ids[np.repeat(np.arange(row0, row0 + len(i)), n), col] = s.ids[np.repeat(s.offsets[i], n) + col]
+        row0 += len(i)
+    cols = np.arange(width)
+    attn = torch.from_numpy((cols < lengths[:, None]).astype(np.int64))
+    mask = torch.from_numpy(((cols >= prompt[:, None]) & (cols < lengths[:, None])).astype(np.int64))
+    return Batch(torch.from_numpy(ids), attn, mask, scored_positions(mask))
 
 
 def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

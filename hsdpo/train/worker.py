@@ -38,7 +38,7 @@ from hsdpo.train import strategy
 from hsdpo.train.config import DPOConfig, SFTConfig, TrainConfig
 from hsdpo.train.losses import sft_loss, weighted_dpo_loss
 from hsdpo.train.mfu import flops_per_token, head_flops_per_token, peak_flops, step_flops
-from hsdpo.train.tokenize import Batch, LogpModel, Sequences, collate, split_model, to_device, tokenize_rows
+from hsdpo.train.tokenize import Batch, LogpModel, Sequences, collate_rows, split_model, to_device, tokenize_rows
 
 
 # ---- reporting: Ray Train when under it, else files only -----------------------------------------
@@ -229,7 +229,7 @@ class Task:
 
     def batch(self, idx: list[int]) -> Batch:
         """Examples `idx`, every side in one right-padded batch (DPO: `[2n, T]`, chosen then rejected)."""
-        return collate([side[i] for side in self.sides for i in idx], self.pad)
+        return collate_rows([(side, idx) for side in self.sides], self.pad)
 
     def micro_step(self, engine, idx: list[int], den: dict[str, float], batch_frac: float, device):
         """(loss for backward, metric sums) for one micro-batch; metrics already global-normalised."""

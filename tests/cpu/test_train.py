@@ -117,6 +117,34 @@ def test_masking_and_truncation(tiny_model_dir):
     assert long.truncated and len(long.input_ids) == 32 and long.prompt_len == 16
 
 
+def test_batches_from_the_flat_table_are_the_examples_right_padded(tiny_model_dir):
+    """`collate_rows` (the trainer's batches: rows of the chosen and the rejected table at once) puts
+    each example's tokens, in order, left-aligned in its row: pad after, attention on the real tokens,
+    the loss mask on the completion; any row order, repeats, and a padded width (`pad_to`)."""
+    from hsdpo.model import load_tokenizer
+    from hsdpo.train.tokenize import collate_rows
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    prompts = ["Q: 1+1?\nA: ", "Question: what is 17 times 3?\nAnswer: ", "Q", "Q: 9-4?\nA: "]
+    chosen = encode_batch(tok, prompts, ["2", "17 * 3 = 51. The answer is 51.", "12", "5"], 64)
+    rejected = encode_batch(tok, prompts, ["3", "17 * 3 = 41", "13 13", "4 4 4 4 4 4"], 64, eos=False)
+    pad = tok.pad_token_id
+    for idx, pad_to in (([2, 0, 3], None), ([1, 1], 80), ([3], None)):
+        b = collate_rows([(chosen, idx), (rejected, idx)], pad, pad_to)
+        examples = [chosen[i] for i in idx] + [rejected[i] for i in idx]
+        width = max([len(e.input_ids) for e in examples] + [pad_to or 0])
+        assert b.input_ids.shape == (2 * len(idx), width) and b.input_ids.dtype == torch.long
+        for row, e in enumerate(examples):
+            n, p = len(e.input_ids), e.prompt_len
+            assert b.input_ids[row].tolist() == e.input_ids + [pad] * (width - n)
+            assert b.attention_mask[row].tolist() == [1] * n + [0] * (width - n)
+            assert b.loss_mask[row].tolist() == [0] * p + [1] * (n - p) + [0] * (width - n)
+        assert torch.equal(b.scored, (b.loss_mask[:, 1:] > 0).nonzero() @ torch.tensor([width, 1]))
+        one = collate(examples, pad, pad_to)  # the same rule from encoded examples
+        assert all(torch.equal(x, y) for x, y in zip((b.input_ids, b.attention_mask, b.loss_mask, b.scored),
+                                                      (one.input_ids, one.attention_mask, one.loss_mask, one.scored)))
+
+
 def test_batched_encoding_is_one_tokenizer_call_a_text_and_survives_arrow(tiny_model_dir, data_dir):
     """encode_batch (what the trainer and the reference stage tokenise with) gives, for real GSM8K
     rows, what one tokenizer call a prompt and a completion gives, truncated by the documented rule
