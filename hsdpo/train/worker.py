@@ -343,7 +343,8 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         n_flop, head_flop = flops_per_token(engine.module.model), head_flops_per_token(engine.module.model)
         peak = peak_flops(device) if t.use_gpu else None
         if rank == 0:
-            say(f"{kind}: {len(task)} rows, {task.truncated} truncated, world {world}, accum {accum}, start step {start}")
+            held = f" ({len(heldout)} held out, {heldout.truncated} truncated)" if heldout is not None else ""
+            say(f"{kind}: {len(task)} rows, {task.truncated} truncated{held}, world {world}, accum {accum}, start step {start}")
         last_report = -math.inf
         resumed_at = start or None  # tagged on the first line logged after a resume
         for step in range(start, t.steps):
@@ -367,7 +368,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
                            tokens_per_s=tokens / dt, step_s=dt, truncated=task.truncated, workers=world)
                 row["mfu"] = (step_flops(n_flop, head_flop, tokens, scored) / dt / (peak * world)) if peak else None
                 if scoring:  # after the step's clock: throughput is the training step's
-                    row.update(evaluate(heldout, engine, world, rank, device))
+                    row.update(evaluate(heldout, engine, world, rank, device), eval_truncated=heldout.truncated)
                 row["time"] = time.time()
                 if resumed_at is not None:
                     row["resumed_at"], resumed_at = resumed_at, None

@@ -703,7 +703,7 @@ def _heldout_losses(model_dir: Path, kind: str, rows: list[dict], beta: float = 
     with torch.no_grad():
         logps, ntok = sequence_logps(model, b.input_ids, b.loss_mask)
     if kind == "sft":
-        return {"eval_loss": float(-logps.sum() / ntok.sum())}
+        return {"eval_loss": float(-logps.sum() / ntok.sum()), "eval_truncated": int(enc.truncated.sum())}
     n = len(rows)
     ref = torch.tensor([[r["ref_chosen_logp"], r["ref_rejected_logp"]] for r in rows])
     w = torch.tensor([float(r["weight"]) for r in rows])
@@ -745,6 +745,7 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_pro
     _, heldout = split_heldout("sft", one.sft, sft_rows(one)[0])
     direct = _heldout_losses(Path(one.run_dir) / "sft_lora_a" / "model", "sft", heldout)
     assert a[-1]["eval_loss"] == pytest.approx(direct["eval_loss"], rel=1e-5)
+    assert a[-1]["eval_truncated"] == b[-1]["eval_truncated"] == direct["eval_truncated"] > 0
     assert RunDir(one.run_dir).manifest("sft_lora_a")["metrics"]["eval_loss"] == a[-1]["eval_loss"]
     before = load_file(Path(one.run_dir) / "sft" / "model" / "model.safetensors")
     for out in ("sft_lora_a", "sft_lora_b"):
