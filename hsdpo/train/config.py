@@ -8,11 +8,15 @@ therefore leaves the optimisation unchanged (the invariance tests hold the code 
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from hsdpo.configbase import RUN_ONLY, StrictModel
+
+
+DEFAULT_STEPS = 100
 
 
 class LoraConfig(StrictModel):
@@ -33,7 +37,10 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
     use_gpu: bool = Field(False, description="one GPU a worker (NCCL, bf16) instead of CPU (gloo, fp32)")
     cpus_per_worker: float = Field(1.0, gt=0, description="logical CPUs a worker reserves; on CPU, also its torch threads")
-    steps: int = Field(100, ge=1, description="optimizer steps")
+    steps: int | None = Field(None, ge=1, description=f"optimizer steps ({DEFAULT_STEPS} when neither steps nor epochs is set)")
+    epochs: float | None = Field(
+        None, gt=0, description="passes over the training rows instead of a step count: steps = ceil(epochs x rows /"
+        " batch_size), rows counted after rejects and the held-out split (the last batch runs into the next pass)")
     batch_size: int = Field(32, ge=1, description="global batch: examples (SFT) or pairs (DPO) per optimizer step")
     micro_batch_size: int = Field(8, ge=1, description="examples/pairs a worker runs per forward")
     max_length: int = Field(256, ge=8, description="prompt + completion tokens; longer examples are truncated and counted")
@@ -83,6 +90,12 @@ class TrainConfig(StrictModel):
     wandb_project: str | None = Field(None, description="also log to this W&B project (rank 0)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
 
+    def total_steps(self, rows: int) -> int:
+        """Optimizer steps of a run over `rows` training examples or pairs: `steps`, or `epochs` passes."""
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * rows / self.batch_size))
+        return self.steps if self.steps is not None else DEFAULT_STEPS
+
     @field_validator("deepspeed")
     @classmethod
     def _own_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -98,6 +111,9 @@ class TrainConfig(StrictModel):
     def _compile_zero2(self) -> "TrainConfig":
         if self.compile and self.zero_stage != 2:
             raise ValueError("compile=true needs zero_stage 2 (ZeRO-3 gathers parameters in hooks a compiled layer skips)")
+        if self.steps is not None and self.epochs is not None:
+            raise ValueError(f"steps {self.steps} and epochs {self.epochs:g} are both set; give one (steps=null to"
+                             " train by epochs)")
         if self.eval_every and not self.eval_fraction:
             raise ValueError("eval_every needs eval_fraction > 0 (the held-out share of problems)")
         return self

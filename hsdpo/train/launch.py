@@ -94,7 +94,8 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
         dataset_config=DataConfig(datasets_to_split=[]),  # every worker sees the whole table (see worker.py)
     )
     held = f" ({len(heldout)} held out)" if heldout else ""
-    log(f"{kind}: {len(rows)} rows{held}, {t.num_workers} workers, checkpoints in {ckpt_root}")
+    log(f"{kind}: {len(rows)} rows{held}, {t.total_steps(len(rows))} steps, {t.num_workers} workers,"
+        f" checkpoints in {ckpt_root}")
     trainer.fit()
     return read_history(out_dir)
 

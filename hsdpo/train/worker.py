@@ -330,6 +330,11 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         tokenizer = load_tokenizer(spec["tokenizer_path"])
     task = Task.from_rows(kind, t, rows, tokenizer) if rows is not None else load_task(kind, t, tokenizer.pad_token_id)
     heldout = load_task(kind, t, tokenizer.pad_token_id, name="eval") if spec.get("eval") else None
+    # `epochs` becomes a step count once the table's size is known (the same on every rank and resume)
+    t = t.model_copy(update={"steps": t.total_steps(len(task)), "epochs": None})
+    for table in (task, heldout):
+        if table is not None:
+            table.cfg = t
     rows_per_forward = t.micro_batch_size * (2 if kind == "dpo" else 1)
     reporter = Reporter(spec.get("use_ray", False), spec.get("ckpt_dir"))
     torch.manual_seed(t.seed)  # what the policy draws at build (LoRA's A): the same on every rank and run
@@ -344,7 +349,9 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         peak = peak_flops(device) if t.use_gpu else None
         if rank == 0:
             held = f" ({len(heldout)} held out, {heldout.truncated} truncated)" if heldout is not None else ""
-            say(f"{kind}: {len(task)} rows, {task.truncated} truncated{held}, world {world}, accum {accum}, start step {start}")
+            epochs = f" ({spec['cfg']['epochs']:g} epochs)" if spec["cfg"].get("epochs") is not None else ""
+            say(f"{kind}: {len(task)} rows, {task.truncated} truncated{held}, world {world}, accum {accum},"
+                f" steps {t.steps}{epochs}, start step {start}")
         last_report = -math.inf
         resumed_at = start or None  # tagged on the first line logged after a resume
         for step in range(start, t.steps):

@@ -57,7 +57,7 @@ def test_status_names_what_is_current_and_why_the_rest_would_run(tmp_path):
     assert got[0][2].startswith("20 problems, 20 train, ") and got[1][2].startswith("20 examples, ")
 
     changed = with_overrides(cfg, ["sft.lr=0.002", "sft.steps=7"])
-    assert _states(changed)[1] == ("sft", "stale", "config changed: sft.lr 0.001 -> 0.002, sft.steps 100 -> 7")
+    assert _states(changed)[1] == ("sft", "stale", "config changed: sft.lr 0.001 -> 0.002, sft.steps null -> 7")
 
     # a re-made input: the downstream stage says which
     run_data(cfg, force=True)
@@ -65,7 +65,7 @@ def test_status_names_what_is_current_and_why_the_rest_would_run(tmp_path):
     _finish(cfg, "sft")
     _finish(cfg, "sample")
     # an input a pipeline run would re-make first
-    assert _states(changed)[1:] == [("sft", "stale", "config changed: sft.lr 0.001 -> 0.002, sft.steps 100 -> 7"),
+    assert _states(changed)[1:] == [("sft", "stale", "config changed: sft.lr 0.001 -> 0.002, sft.steps null -> 7"),
                                     ("samples", "stale", "input sft will be re-made"), ("pairs", "missing", "not run yet")]
     recipe.write_text(recipe.read_text().replace("num_problems: 20", "num_problems: 30"))
     assert _states(load_config(recipe))[0] == ("problems", "stale",

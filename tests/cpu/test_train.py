@@ -36,7 +36,8 @@ def _cfg(run_dir: Path):
         "run_dir": str(run_dir),
         "model": {"preset": "micro", "build_tokenizer": {"kind": "char"}, "max_position_embeddings": 128},
         "data": {"sources": [{"name": "synthetic", "synthetic": {"num_problems": 32}}]},
-        "sft": {"steps": 3, "batch_size": 8, "micro_batch_size": 4, "max_length": MAXLEN, "lr": 3e-3},
+        # 0.7 passes over the 32 examples, 8 a step: ceil(2.8) = 3 steps
+        "sft": {"epochs": 0.7, "batch_size": 8, "micro_batch_size": 4, "max_length": MAXLEN, "lr": 3e-3},
         "reflogp": {"max_length": MAXLEN, "batch_size": 4},
         "dpo": {"steps": 4, "batch_size": 8, "micro_batch_size": 4, "max_length": MAXLEN, "lr": 2e-3,
                 "beta": 0.5, "checkpoint_every": 2, "min_lr_ratio": 1.0},
@@ -562,7 +563,7 @@ def test_a_reference_pool_larger_than_the_local_ray_is_refused_and_the_cache_sta
 def test_sft_from_scratch_trains_and_exports(run):
     cfg, sft = run
     hist = _history(cfg, "sft")
-    assert [h["step"] for h in hist] == [1, 2, 3] and hist[-1]["loss"] < hist[0]["loss"]
+    assert [h["step"] for h in hist] == [1, 2, 3] and hist[-1]["loss"] < hist[0]["loss"]  # epochs 0.7 -> 3 steps
     assert sft.rows["examples"] == 32 and sft.metrics["tokens_per_s"] > 0
     assert (Path(cfg.run_dir) / "sft" / "model" / "model.safetensors").exists()
     assert RunDir(cfg.run_dir).manifest("sft")["status"] == "complete"
@@ -723,7 +724,7 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_pro
     from hsdpo.train.launch import split_heldout
     from hsdpo.train.sft import run_sft, sft_rows
 
-    lora = ["sft.init_from=sft", "sft.steps=4", "sft.checkpoint_every=2", "sft.lora.enabled=true", "sft.lora.r=4",
+    lora = ["sft.init_from=sft", "sft.epochs=null", "sft.steps=4", "sft.checkpoint_every=2", "sft.lora.enabled=true", "sft.lora.r=4",
             "sft.lora.alpha=8", "sft.lora.target_modules=[q_proj, v_proj]", "sft.lr=1e-2", "sft.eval_fraction=0.4",
             "sft.eval_every=2"]
     one = with_overrides(run[0], lora + ["sft.output=sft_lora_a"])
@@ -765,6 +766,8 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_pro
     # the session's local Ray has 4 CPUs and no GPU: Ray Train would wait for an autoscaler
     (["dpo.num_workers=8", "dpo.batch_size=32"], "hsdpo: dpo: 8 workers x 1 CPU (dpo.cpus_per_worker) need 8 CPUs and this"
      " local Ray has 4 (ray.num_cpus); lower dpo.num_workers or dpo.cpus_per_worker, or join a cluster (ray.address)"),
+    (["dpo.epochs=2"], "hsdpo: bad config value at dpo: Value error, steps 4 and epochs 2 are both set; give one"
+     " (steps=null to train by epochs)"),
     (["dpo.eval_fraction=0.01"], "hsdpo: dpo.eval_fraction 0.01 holds out no problem of 8; raise it or set it to 0"),
     (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
      " set dpo.use_gpu=false, or join a cluster (ray.address)"),
