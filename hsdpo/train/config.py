@@ -47,6 +47,8 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="cosine decays to lr * min_lr_ratio")
     warmup_steps: int = Field(0, ge=0, description="linear warmup steps before the cosine decay")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="warmup as a share of the run's steps (rounded up) instead of"
+                                " warmup_steps: what a run by epochs knows before its step count")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     adam_betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping (0 = off)")
@@ -96,6 +98,13 @@ class TrainConfig(StrictModel):
             return max(1, math.ceil(self.epochs * rows / self.batch_size))
         return self.steps if self.steps is not None else DEFAULT_STEPS
 
+    def for_rows(self, rows: int) -> "TrainConfig":
+        """This config with its schedule in steps for a table of `rows`: `epochs` and `warmup_ratio`
+        turned into `steps` and `warmup_steps` (what the loop and the lr schedule read)."""
+        steps = self.total_steps(rows)
+        warmup = math.ceil(self.warmup_ratio * steps) if self.warmup_ratio else self.warmup_steps
+        return self.model_copy(update={"steps": steps, "epochs": None, "warmup_steps": warmup, "warmup_ratio": 0.0})
+
     @field_validator("deepspeed")
     @classmethod
     def _own_keys(cls, v: dict[str, Any]) -> dict[str, Any]:
@@ -114,6 +123,8 @@ class TrainConfig(StrictModel):
         if self.steps is not None and self.epochs is not None:
             raise ValueError(f"steps {self.steps} and epochs {self.epochs:g} are both set; give one (steps=null to"
                              " train by epochs)")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(f"warmup_steps {self.warmup_steps} and warmup_ratio {self.warmup_ratio:g} are both set; give one")
         if self.eval_every and not self.eval_fraction:
             raise ValueError("eval_every needs eval_fraction > 0 (the held-out share of problems)")
         return self

@@ -330,8 +330,9 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         tokenizer = load_tokenizer(spec["tokenizer_path"])
     task = Task.from_rows(kind, t, rows, tokenizer) if rows is not None else load_task(kind, t, tokenizer.pad_token_id)
     heldout = load_task(kind, t, tokenizer.pad_token_id, name="eval") if spec.get("eval") else None
-    # `epochs` becomes a step count once the table's size is known (the same on every rank and resume)
-    t = t.model_copy(update={"steps": t.total_steps(len(task)), "epochs": None})
+    # `epochs` and `warmup_ratio` become step counts once the table's size is known (the same on every
+    # rank and resume)
+    t = t.for_rows(len(task))
     for table in (task, heldout):
         if table is not None:
             table.cfg = t
@@ -351,7 +352,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
             held = f" ({len(heldout)} held out, {heldout.truncated} truncated)" if heldout is not None else ""
             epochs = f" ({spec['cfg']['epochs']:g} epochs)" if spec["cfg"].get("epochs") is not None else ""
             say(f"{kind}: {len(task)} rows, {task.truncated} truncated{held}, world {world}, accum {accum},"
-                f" steps {t.steps}{epochs}, start step {start}")
+                f" steps {t.steps}{epochs} (warmup {t.warmup_steps}), start step {start}")
         last_report = -math.inf
         resumed_at = start or None  # tagged on the first line logged after a resume
         for step in range(start, t.steps):

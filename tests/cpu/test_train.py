@@ -36,8 +36,9 @@ def _cfg(run_dir: Path):
         "run_dir": str(run_dir),
         "model": {"preset": "micro", "build_tokenizer": {"kind": "char"}, "max_position_embeddings": 128},
         "data": {"sources": [{"name": "synthetic", "synthetic": {"num_problems": 32}}]},
-        # 0.7 passes over the 32 examples, 8 a step: ceil(2.8) = 3 steps
-        "sft": {"epochs": 0.7, "batch_size": 8, "micro_batch_size": 4, "max_length": MAXLEN, "lr": 3e-3},
+        # 0.7 passes over the 32 examples, 8 a step: ceil(2.8) = 3 steps, ceil(0.5 x 3) = 2 of them warmup
+        "sft": {"epochs": 0.7, "warmup_ratio": 0.5, "batch_size": 8, "micro_batch_size": 4, "max_length": MAXLEN,
+                "lr": 3e-3},
         "reflogp": {"max_length": MAXLEN, "batch_size": 4},
         "dpo": {"steps": 4, "batch_size": 8, "micro_batch_size": 4, "max_length": MAXLEN, "lr": 2e-3,
                 "beta": 0.5, "checkpoint_every": 2, "min_lr_ratio": 1.0},
@@ -564,6 +565,8 @@ def test_sft_from_scratch_trains_and_exports(run):
     cfg, sft = run
     hist = _history(cfg, "sft")
     assert [h["step"] for h in hist] == [1, 2, 3] and hist[-1]["loss"] < hist[0]["loss"]  # epochs 0.7 -> 3 steps
+    # 2 warmup steps, then the cosine over the one step left, at its start
+    assert [h["lr"] for h in hist] == pytest.approx([1.5e-3, 3e-3, 3e-3], rel=1e-6)
     assert sft.rows["examples"] == 32 and sft.metrics["tokens_per_s"] > 0
     assert (Path(cfg.run_dir) / "sft" / "model" / "model.safetensors").exists()
     assert RunDir(cfg.run_dir).manifest("sft")["status"] == "complete"
@@ -768,6 +771,8 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_pro
      " local Ray has 4 (ray.num_cpus); lower dpo.num_workers or dpo.cpus_per_worker, or join a cluster (ray.address)"),
     (["dpo.epochs=2"], "hsdpo: bad config value at dpo: Value error, steps 4 and epochs 2 are both set; give one"
      " (steps=null to train by epochs)"),
+    (["dpo.warmup_steps=2", "dpo.warmup_ratio=0.1"], "hsdpo: bad config value at dpo: Value error, warmup_steps 2 and"
+     " warmup_ratio 0.1 are both set; give one"),
     (["dpo.eval_fraction=0.01"], "hsdpo: dpo.eval_fraction 0.01 holds out no problem of 8; raise it or set it to 0"),
     (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
      " set dpo.use_gpu=false, or join a cluster (ray.address)"),
