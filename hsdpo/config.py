@@ -39,7 +39,8 @@ class InputError(ValueError):
 
 
 class RayConfig(StrictModel):
-    address: str | None = Field(None, description="Ray address; None = $RAY_ADDRESS or a new local Ray")
+    address: str | None = Field(None, description="Ray address; None = $RAY_ADDRESS or a new local Ray"
+                                   " (auto = the Ray that `ray start` runs on this machine)")
     num_cpus: int | None = Field(None, description="CPUs for a new local Ray (None = all)")
     object_store_memory_gb: float | None = Field(None, description="object store size for a new local Ray")
     runtime_env: dict[str, Any] = Field(default_factory=dict, description="runtime_env for ray.init")

@@ -19,15 +19,19 @@ PG_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group
 
 def quiet_worker() -> None:
     """Worker setup hook of a local Ray started without a dashboard: the cleaner's State API warning
-    would flood the driver's log for the length of every training run, and says nothing there."""
+    would flood the driver's log for the length of every training run, and says nothing there. The
+    worker's own cluster becomes `RAY_ADDRESS`: with another Ray running on the machine, the State API
+    client could not tell which to ask, and the cleaner's thread died on that with a traceback."""
     logging.getLogger(PG_CLEANER_LOGGER).setLevel(logging.ERROR)
+    if ray.is_initialized():
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     kwargs = init_kwargs(cfg)
-    if "address" in kwargs:
+    if kwargs["address"] != "local":
         check_address(kwargs["address"])
     ray.init(**kwargs)
     # progress bars on both paths (local and cluster); HSDPO_PROGRESS=0 turns them off
@@ -43,6 +47,9 @@ def init_kwargs(cfg: RayConfig) -> dict:
     if address:
         kwargs["address"] = address
     else:
+        # a new Ray of our own, as documented; without "local", ray.init joins the latest `ray start` on
+        # this machine (then refuses num_cpus with a traceback, or runs on a cluster nobody named)
+        kwargs["address"] = "local"
         kwargs["include_dashboard"] = False
         kwargs["runtime_env"] = {"worker_process_setup_hook": "hsdpo.rayutil.quiet_worker", **cfg.runtime_env}
         if cfg.num_cpus is not None:

@@ -200,3 +200,36 @@ def test_the_smoke_pipeline_runs_as_one_ray_job(ray_head, tmp_path):
     proc = submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={uri}"], timeout=300)
     again = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
     assert again == manifests, (proc.stdout + proc.stderr)[-3000:]  # the second run reuses every stage
+
+
+def test_a_local_run_starts_its_own_ray_beside_one_that_ray_start_runs():
+    """With no address, hsdpo starts a Ray of its own, as its config says, where a plain `ray.init()`
+    joins the latest `ray start` on the machine (and then refuses `ray.num_cpus` with a traceback);
+    its workers carry their own cluster's address, so the State API calls inside Ray Train know
+    which of the two Rays to ask. The other Ray lives in a temp dir of its own (RAY_TMPDIR)."""
+    temp_dir = tempfile.mkdtemp(prefix="hsdpo-ray-", dir="/tmp")
+    env = {**os.environ, "RAY_TMPDIR": temp_dir}
+    env.pop("RAY_ADDRESS", None)
+    port = free_port()
+    proc = subprocess.Popen([RAY, "start", "--head", "--block", f"--port={port}", "--num-cpus=1",
+                             "--include-dashboard=false", "--disable-usage-stats"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    script = ("import json, os, ray\n"
+              "from hsdpo.config import RayConfig\n"
+              "from hsdpo.rayutil import init_ray\n"
+              "init_ray(RayConfig(num_cpus=1))\n"
+              "env = ray.remote(lambda: os.environ.get('RAY_ADDRESS'))\n"
+              "print(json.dumps({'own': ray.get_runtime_context().gcs_address, 'worker': ray.get(env.remote())}))\n")
+    try:
+        deadline = time.monotonic() + 90
+        while not (Path(temp_dir) / "ray" / "ray_current_cluster").exists():  # what ray.init() would join
+            assert proc.poll() is None and time.monotonic() < deadline, "ray start did not come up"
+            time.sleep(0.5)
+        run = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=180)
+    finally:
+        stop_head(proc)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    got = json.loads(run.stdout.strip().splitlines()[-1])
+    assert not got["own"].endswith(f":{port}") and got["worker"] == got["own"]

@@ -184,6 +184,7 @@ def test_a_local_ray_quiets_ray_trains_state_api_warning_and_a_cluster_is_left_a
     assert own["runtime_env"] == {"worker_process_setup_hook": "mine.setup"}
     cluster = init_kwargs(RayConfig(address="ray://head:10001"))
     assert cluster == {"log_to_driver": True, "address": "ray://head:10001"}
+    monkeypatch.setenv("RAY_ADDRESS", "one-already-set")  # a worker's own address is left as it is
     logger = logging.getLogger(PG_CLEANER_LOGGER)
     level = logger.level
     try:
