@@ -104,6 +104,11 @@ def read_rows(folder: str) -> list[dict[str, Any]]:
     return pa.concat_tables(tables, promote_options="default").to_pylist()
 
 
+def flag(value: Any) -> bool:
+    """A boolean column's value as `read_rows` gives it back (None or NaN = False)."""
+    return bool(value) and value == value
+
+
 def write_rejects(out_dir: str, rejects: list[dict[str, Any]]) -> dict[str, int]:
     """Rows that cannot be used go to `<stage>/_rejects/` with a `reason`; returns counts by reason."""
     if not rejects:

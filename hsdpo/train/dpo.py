@@ -21,7 +21,7 @@ from hsdpo.model import resolve_model_path
 from hsdpo.plan import plan
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult
-from hsdpo.stage import read_rows, run_stage, write_rejects
+from hsdpo.stage import flag, read_rows, run_stage, write_rejects
 from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, split_heldout, summary
 
 NEEDED = ("pair_id", "prompt", "chosen", "rejected", "weight", "ref_chosen_logp", "ref_rejected_logp")
@@ -35,6 +35,8 @@ def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
             rejects.append({"reason": f"missing_{missing[0]}", "row": r.get("pair_id")})
         elif not r["chosen"].strip() or not r["rejected"].strip():
             rejects.append({"reason": "empty_completion", "row": r["pair_id"]})
+        elif r["chosen"] == r["rejected"] and not flag(r.get("rejected_cut")):  # the same tokens: no signal
+            rejects.append({"reason": "identical_completions", "row": r["pair_id"]})
         elif not all(math.isfinite(float(r[k])) for k in ("weight", "ref_chosen_logp", "ref_rejected_logp")):
             rejects.append({"reason": "non_finite", "row": r["pair_id"]})
         elif float(r["weight"]) < 0:  # would turn the preference around

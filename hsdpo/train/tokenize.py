@@ -41,6 +41,8 @@ import pyarrow.compute as pc
 import torch
 from torch.utils.checkpoint import checkpoint
 
+from hsdpo.stage import flag
+
 
 @dataclass
 class Encoded:
@@ -247,7 +249,7 @@ def encode_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) ->
     prompts = [r["prompt"] for r in rows]
     return (encode_batch(tokenizer, prompts, [r["chosen"] for r in rows], max_length),
             encode_batch(tokenizer, prompts, [r["rejected"] for r in rows], max_length,
-                         eos=[not _true(r.get("rejected_cut")) for r in rows]))
+                         eos=[not flag(r.get("rejected_cut")) for r in rows]))
 
 
 # what tokenize_rows reads of a row (besides `_idx`)
@@ -273,9 +275,6 @@ def tokenize_rows(kind: str, tokenizer: Any, rows: list[dict[str, Any]], max_len
     return pa.table(cols)
 
 
-def _true(value: Any) -> bool:
-    """A flag read back from Parquet / pandas (None or NaN = False)."""
-    return bool(value) and value == value
 
 
 def pair_batch(pairs: list[tuple[Encoded, Encoded]], pad_id: int) -> Batch:

@@ -523,21 +523,23 @@ def test_dpo_rows_count_unusable_pairs_as_rejects(run, run_a, tmp_path, capsys):
     cfg = run[0]
     good = read_rows(RunDir(cfg.run_dir).path("ref_logps"))[0]
     bad = [{**good, "pair_id": "neg", "weight": -1.0}, {**good, "pair_id": "nan", "ref_chosen_logp": float("nan")},
-           {**good, "pair_id": "empty", "rejected": "  "}, {**good, "pair_id": "none", "chosen": None}]
+           {**good, "pair_id": "empty", "rejected": "  "}, {**good, "pair_id": "none", "chosen": None},
+           {**good, "pair_id": "same", "rejected": good["chosen"], "rejected_cut": False}]
 
     def body(out: str) -> StageResult:
         write_rows([good, *bad], out + "/pairs.parquet")
-        return StageResult("reflogp", "ref_bad", out, rows={"pairs": 5})
+        return StageResult("reflogp", "ref_bad", out, rows={"pairs": 6})
 
     run_stage(cfg, Plan("reflogp", "ref_bad", (), ("seed",)), body=body)
     rows, rejects = dpo_rows(with_overrides(cfg, ["dpo.pairs_from=ref_bad"]))
     assert [r["pair_id"] for r in rows] == [good["pair_id"]]
     assert sorted((r["row"], r["reason"]) for r in rejects) == [
-        ("empty", "empty_completion"), ("nan", "non_finite"), ("neg", "negative_weight"), ("none", "missing_chosen")]
+        ("empty", "empty_completion"), ("nan", "non_finite"), ("neg", "negative_weight"), ("none", "missing_chosen"),
+        ("same", "identical_completions")]
 
     def only_bad(out: str) -> StageResult:
         write_rows(bad, out + "/pairs.parquet")
-        return StageResult("reflogp", "ref_all_bad", out, rows={"pairs": 4})
+        return StageResult("reflogp", "ref_all_bad", out, rows={"pairs": 5})
 
     run_stage(cfg, Plan("reflogp", "ref_all_bad", (), ("seed",)), body=only_bad)
     path = tmp_path / "c.yaml"
