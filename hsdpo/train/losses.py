@@ -1,4 +1,5 @@
-"""Losses: verifier-weighted sigmoid DPO (+ optional NLL) and token-level SFT. Pure tensor math.
+"""Losses: verifier-weighted DPO (sigmoid, and its label-noise and hinge forms; + optional NLL) and
+token-level SFT. Pure tensor math.
 
 Worked example (the test asserts it). beta = 1, two pairs, weights w = (1, 3):
 
@@ -8,6 +9,21 @@ Worked example (the test asserts it). beta = 1, two pairs, weights w = (1, 3):
     -log sigma(-1) = log(1 + e^1)  = 1.313262
     loss = (1 * 0.313262 + 3 * 1.313262) / (1 + 3) = 4.253048 / 4 = 1.063262
     rewards: chosen = beta (pi_c - ref_c) = (0, -1), rejected = (-1, 0); accuracy = (1 + 0) / 2
+
+`loss_type` and `label_smoothing` change the per-pair loss of the margin m = beta * h (the same two
+pairs, m = (1, -1), weights (1, 3)):
+
+    sigmoid, label_smoothing e = 0.1 (conservative DPO: a label is wrong with probability e):
+        -(1 - e) log sigma(m) - e log sigma(-m) = -log sigma(m) + e m  ->  (0.413262, 1.213262)
+        loss = (0.413262 + 3 * 1.213262) / 4 = 1.013262
+    robust, e = 0.1 (Chowdhury et al. 2024, unbiased under label noise e):
+        (-(1 - e) log sigma(m) + e log sigma(-m)) / (1 - 2e)  ->  (0.188262, 1.438262)
+        loss = (0.188262 + 3 * 1.438262) / 4 = 1.125762
+    hinge (SLiC): max(0, 1 - m)  ->  (0, 2); loss = (0 + 3 * 2) / 4 = 1.5
+
+A rule-based verifier mislabels some pairs (a lucky final answer, a slip it cannot parse), which
+is what the two label-noise forms are for. At m = 0 (the policy is still the reference) the sigmoid
+and robust losses are ln 2 for any e, the hinge 1.
 
 `denominator` lets a data-parallel step divide by the weight sum of the *global* batch rather than
 of the micro-batch, so that micro-batching and worker count leave the gradient unchanged. A zero
@@ -30,15 +46,18 @@ def weighted_dpo_loss(
     nll_coef: float = 0.0,
     chosen_nll: torch.Tensor | None = None,  # scalar: mean NLL per chosen token
     denominator: torch.Tensor | float | None = None,  # default: weights.sum()
+    loss_type: str = "sigmoid",  # "sigmoid", "robust" or "hinge" (module docstring)
+    label_smoothing: float = 0.0,  # e: the assumed rate of flipped labels (sigmoid, robust)
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """`Σ w_i · −log σ(β[(π_c − ρ_c) − (π_r − ρ_r)]) / Σ w_i + nll_coef · chosen_nll`.
+    """`Σ w_i · −log σ(β[(π_c − ρ_c) − (π_r − ρ_r)]) / Σ w_i + nll_coef · chosen_nll` (the sigmoid
+    loss; `loss_type`, `label_smoothing`: the module docstring).
 
     Metrics are detached tensors (no host sync): per-pair losses are averaged unweighted
     (`dpo_loss_unweighted`) and weighted (`dpo_loss`), rewards/margins/accuracy unweighted."""
     chosen_rewards = beta * (policy_chosen_logps - ref_chosen_logps)  # [B]
     rejected_rewards = beta * (policy_rejected_logps - ref_rejected_logps)  # [B]
     margins = chosen_rewards - rejected_rewards  # [B]
-    per_pair = -F.logsigmoid(margins)  # [B]
+    per_pair = pair_losses(margins, loss_type, label_smoothing)  # [B]
     weights = weights.to(per_pair.dtype)
     denom = weights.sum() if denominator is None else torch.as_tensor(denominator, dtype=per_pair.dtype,
                                                                       device=per_pair.device)
@@ -56,6 +75,22 @@ def weighted_dpo_loss(
         "accuracy": (margins.detach() > 0).to(per_pair.dtype).mean(),
     }
     return loss, metrics
+
+
+def pair_losses(margins: torch.Tensor, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
+    """The per-pair loss of each margin m = β h (module docstring)."""
+    e = label_smoothing
+    if not 0 <= e < 0.5:
+        raise ValueError(f"label_smoothing {e} must be in [0, 0.5)")
+    if loss_type == "sigmoid":
+        return -(1 - e) * F.logsigmoid(margins) - e * F.logsigmoid(-margins) if e else -F.logsigmoid(margins)
+    if loss_type == "robust":
+        return (-(1 - e) * F.logsigmoid(margins) + e * F.logsigmoid(-margins)) / (1 - 2 * e)
+    if loss_type == "hinge":
+        if e:
+            raise ValueError("label_smoothing applies to the sigmoid and robust losses, not hinge")
+        return F.relu(1 - margins)
+    raise ValueError(f"unknown loss_type {loss_type!r} (sigmoid, robust, hinge)")
 
 
 def sft_loss(

@@ -244,7 +244,8 @@ class Task:
         n = len(idx)
         nll = -logps[:n].sum() / den["chosen_tokens"]
         loss, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=self.cfg.beta,
-                                    nll_coef=self.cfg.nll_coef, chosen_nll=nll, denominator=den["weight"])
+                                    nll_coef=self.cfg.nll_coef, chosen_nll=nll, denominator=den["weight"],
+                                    loss_type=self.cfg.loss_type, label_smoothing=self.cfg.label_smoothing)
         sums = {k: (v if k == "dpo_loss" else v * (n * batch_frac)) for k, v in m.items()}
         return loss, {"loss": loss.detach(), "chosen_nll": nll.detach(), **sums}
 

@@ -83,3 +83,33 @@ def test_sft_loss_is_mean_nll_per_completion_token():
     # two examples: log-prob sums -6 over 3 tokens and -2 over 1 token -> 8 / 4 = 2
     assert sft_loss(t(-6.0, -2.0), t(3.0, 1.0)).item() == pytest.approx(2.0)
     assert sft_loss(t(-6.0, -2.0), t(3.0, 1.0), denominator=8.0).item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("loss_type, smoothing, want", [("sigmoid", 0.1, 1.013262), ("robust", 0.1, 1.125762),
+                                                       ("hinge", 0.0, 1.5), ("robust", 0.0, 1.063262)])
+def test_label_noise_and_hinge_forms_of_the_worked_example(loss_type, smoothing, want):
+    """The module docstring's figures; the robust loss without noise is plain sigmoid DPO."""
+    loss, m = weighted_dpo_loss(t(-1, -2), t(-2, -1), t(-1, -1), t(-1, -1), t(1, 3), beta=1.0, loss_type=loss_type,
+                                label_smoothing=smoothing)
+    assert loss.item() == pytest.approx(want, abs=1e-6)
+    assert m["margins"].item() == 0 and m["accuracy"].item() == 0.5  # the margins are the loss's input, unchanged
+
+
+def test_label_smoothing_equals_its_definition_and_keeps_ln2_at_the_reference():
+    """Conservative DPO is (1 - e) of the pair's loss plus e of the flipped pair's; the robust form
+    is that with the flipped term's sign reversed, over 1 - 2e. At zero margin both are ln 2."""
+    g = torch.Generator().manual_seed(0)
+    pc, pr, rc, rr = (torch.randn(9, generator=g, dtype=torch.float64) * 3 for _ in range(4))
+    w = torch.rand(9, generator=g, dtype=torch.float64)
+    e = 0.2
+    plain, _ = weighted_dpo_loss(pc, pr, rc, rr, w, beta=0.3)
+    flipped, _ = weighted_dpo_loss(pr, pc, rr, rc, w, beta=0.3)
+    smoothed, _ = weighted_dpo_loss(pc, pr, rc, rr, w, beta=0.3, label_smoothing=e)
+    robust, _ = weighted_dpo_loss(pc, pr, rc, rr, w, beta=0.3, loss_type="robust", label_smoothing=e)
+    assert smoothed.item() == pytest.approx(((1 - e) * plain + e * flipped).item(), rel=1e-12)
+    assert robust.item() == pytest.approx((((1 - e) * plain - e * flipped) / (1 - 2 * e)).item(), rel=1e-12)
+    for loss_type in ("sigmoid", "robust"):
+        at_ref, _ = weighted_dpo_loss(pc, pr, pc, pr, w, loss_type=loss_type, label_smoothing=e)
+        assert at_ref.item() == pytest.approx(math.log(2), rel=1e-12)
+    with pytest.raises(ValueError, match="not hinge"):
+        weighted_dpo_loss(pc, pr, rc, rr, w, loss_type="hinge", label_smoothing=e)

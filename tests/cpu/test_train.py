@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -663,9 +664,10 @@ def test_compiled_layers_deepspeed_extras_and_tensorboard(run, run_a):
 
 
 def test_lora_dpo_trains_adapters_scores_held_out_pairs_and_exports_them_merged(run):
-    """Also: a metrics line every step, reported to Ray Train only at the first and the last (no
-    checkpoints, report_interval_s 5): Ray Train takes one report per controller poll (2 s) and
-    blocks the next one until then, which would hold each of steps 2-4 for up to 2 s."""
+    """With the robust loss under 10 % label noise, which the held-out figures must use too. Also: a
+    metrics line every step, reported to Ray Train only at the first and the last (no checkpoints,
+    report_interval_s 5): Ray Train takes one report per controller poll (every 0.5 s as hsdpo sets
+    it) and blocks the next one until then, which would hold each of steps 2-4 for up to a poll."""
     from safetensors.torch import load_file
 
     from hsdpo.train.dpo import dpo_rows, run_dpo
@@ -673,7 +675,7 @@ def test_lora_dpo_trains_adapters_scores_held_out_pairs_and_exports_them_merged(
 
     cfg = with_overrides(run[0], ["dpo.output=dpo_lora", "dpo.lora.enabled=true", "dpo.lora.r=8", "dpo.lora.alpha=16",
                                   "dpo.lora.target_modules=[q_proj, v_proj]", "dpo.checkpoint_every=0",
-                                  "dpo.eval_fraction=0.4"])
+                                  "dpo.eval_fraction=0.4", "dpo.loss_type=robust", "dpo.label_smoothing=0.1"])
     run_dpo(cfg)
     hist = _history(cfg, "dpo_lora")
     assert [h["step"] for h in hist] == [1, 2, 3, 4]
@@ -681,7 +683,8 @@ def test_lora_dpo_trains_adapters_scores_held_out_pairs_and_exports_them_merged(
     _, heldout = split_heldout("dpo", cfg.dpo, dpo_rows(cfg)[0])
     assert RunDir(cfg.run_dir).manifest("dpo_lora")["rows"] == {"pairs": 5, "eval_pairs": 3}
     assert [("eval_dpo_loss" in h) for h in hist] == [False, False, False, True]
-    direct = _heldout_losses(Path(cfg.run_dir) / "dpo_lora" / "model", "dpo", heldout, beta=cfg.dpo.beta)
+    direct = _heldout_losses(Path(cfg.run_dir) / "dpo_lora" / "model", "dpo", heldout, beta=cfg.dpo.beta,
+                             loss_type="robust", label_smoothing=0.1)
     assert hist[-1]["eval_dpo_loss"] == pytest.approx(direct["eval_dpo_loss"], rel=1e-5)
     assert hist[-1]["eval_accuracy"] == pytest.approx(direct["eval_accuracy"])
     assert hist[-1]["time"] - hist[0]["time"] < 1.5  # three steps of a tiny model, no report waits between
@@ -694,7 +697,8 @@ def test_lora_dpo_trains_adapters_scores_held_out_pairs_and_exports_them_merged(
     assert changed and all(k.endswith(("q_proj.weight", "v_proj.weight")) for k in changed)
 
 
-def _heldout_losses(model_dir: Path, kind: str, rows: list[dict], beta: float = 0.1) -> dict[str, float]:
+def _heldout_losses(model_dir: Path, kind: str, rows: list[dict], beta: float = 0.1,
+                    **loss: Any) -> dict[str, float]:
     """The eval_* figures computed directly from an exported model: the SFT token NLL, or the DPO
     losses and accuracy against the cached reference log-probs, over all `rows` at once."""
     from hsdpo.model import load_model, load_tokenizer
@@ -713,7 +717,7 @@ def _heldout_losses(model_dir: Path, kind: str, rows: list[dict], beta: float = 
     n = len(rows)
     ref = torch.tensor([[r["ref_chosen_logp"], r["ref_rejected_logp"]] for r in rows])
     w = torch.tensor([float(r["weight"]) for r in rows])
-    _, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=beta)
+    _, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=beta, **loss)
     return {"eval_dpo_loss": float(m["dpo_loss"]), "eval_accuracy": float(m["accuracy"])}
 
 
@@ -775,6 +779,8 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_pro
      " (steps=null to train by epochs)"),
     (["dpo.warmup_steps=2", "dpo.warmup_ratio=0.1"], "hsdpo: bad config value at dpo: Value error, warmup_steps 2 and"
      " warmup_ratio 0.1 are both set; give one"),
+    (["dpo.loss_type=hinge", "dpo.label_smoothing=0.1"], "hsdpo: bad config value at dpo: Value error,"
+     " label_smoothing applies to loss_type sigmoid or robust, not hinge"),
     (["dpo.eval_fraction=0.01"], "hsdpo: dpo.eval_fraction 0.01 holds out no problem of 8; raise it or set it to 0"),
     (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
      " set dpo.use_gpu=false, or join a cluster (ray.address)"),
