@@ -37,7 +37,8 @@ class TrainConfig(StrictModel):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (data-parallel ranks)")
     use_gpu: bool = Field(False, description="one GPU a worker (NCCL, bf16) instead of CPU (gloo, fp32)")
     cpus_per_worker: float = Field(1.0, gt=0, description="logical CPUs a worker reserves; on CPU, also its torch threads")
-    steps: int | None = Field(None, ge=1, description=f"optimizer steps ({DEFAULT_STEPS} when neither steps nor epochs is set)")
+    steps: int | None = Field(
+        None, ge=1, description=f"optimizer steps ({DEFAULT_STEPS} when neither steps nor epochs is set)")
     epochs: float | None = Field(
         None, gt=0, description="passes over the training rows instead of a step count: steps = ceil(epochs x rows /"
         " batch_size), rows counted after rejects and the held-out split (the last batch runs into the next pass)")
@@ -125,7 +126,8 @@ class TrainConfig(StrictModel):
             raise ValueError(f"steps {self.steps} and epochs {self.epochs:g} are both set; give one (steps=null to"
                              " train by epochs)")
         if self.warmup_steps and self.warmup_ratio:
-            raise ValueError(f"warmup_steps {self.warmup_steps} and warmup_ratio {self.warmup_ratio:g} are both set; give one")
+            raise ValueError(f"warmup_steps {self.warmup_steps} and warmup_ratio {self.warmup_ratio:g} are both set;"
+                             " give one")
         if self.eval_every and not self.eval_fraction:
             raise ValueError("eval_every needs eval_fraction > 0 (the held-out share of problems)")
         return self

@@ -103,7 +103,7 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
 
 # Ray Train's controller polls its workers every 2 s by default: a finished run waited for the next
 # poll, and its shutdown for more, before `fit` returned (4.8 s from the export to the stage's end on
-# the build machine; 1.2 s at 0.25 s), and a worker's report blocks until a poll takes it. A value
+# the build machine; 1.2 s at 0.5 s), and a worker's report blocks until a poll takes it. A value
 # the user sets wins.
 POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.5
 

@@ -157,8 +157,8 @@ def collate(examples: list[Encoded], pad_id: int, pad_to: int | None = None) -> 
 
 def collate_rows(parts: list[tuple[Sequences, np.ndarray]], pad_id: int, pad_to: int | None = None) -> Batch:
     """Rows `idx` of each `(table, idx)` in `parts`, in that order, as one right-padded batch: a few
-    array operations a table over its flat token array (a row at a time, through Python lists, it
-    took 1 ms for 8 pairs x 512 tokens on the 2-core build machine: host time in every micro-step)."""
+    array operations a table over its flat token array, where a row at a time through Python lists
+    took 3-6x the host time of every micro-step's batch (benchmarks/collate.py)."""
     parts = [(s, np.asarray(i, np.int64)) for s, i in parts]
     lengths = np.concatenate([s.offsets[i + 1] - s.offsets[i] for s, i in parts])
     prompt = np.concatenate([s.prompt_len[i] for s, i in parts])
@@ -273,8 +273,6 @@ def tokenize_rows(kind: str, tokenizer: Any, rows: list[dict[str, Any]], max_len
         if rows and k in rows[0]:
             cols[k] = pa.array([r[k] for r in rows])
     return pa.table(cols)
-
-
 
 
 def pair_batch(pairs: list[tuple[Encoded, Encoded]], pad_id: int) -> Batch:
