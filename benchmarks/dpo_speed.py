@@ -21,7 +21,7 @@ import torch
 
 from hsdpo.model import build_model, build_tokenizer
 from hsdpo.train.config import DPOConfig
-from hsdpo.train.tokenize import pair_batch, pair_examples, sequence_logps
+from hsdpo.train.tokenize import pair_batch, sequence_logps
 from hsdpo.train.worker import train_worker
 
 
@@ -37,7 +37,7 @@ def make_pairs(n: int) -> list[dict]:
 
 
 def cache_reference(model, tok, rows: list[dict], seq: int) -> None:
-    b = pair_batch(pair_examples(tok, rows, seq), tok.pad_token_id)
+    b = pair_batch(tok, rows, seq)
     with torch.no_grad():
         logps, _ = sequence_logps(model.eval(), b.input_ids, b.loss_mask)
     n = len(rows)
@@ -105,7 +105,7 @@ def main() -> None:
     model = build_model(args.preset, tok, max_position_embeddings=512, seed=0)
     model.save_pretrained(model_dir)
     cache_reference(model, tok, rows, args.seq)
-    b = pair_batch(pair_examples(tok, rows, args.seq), tok.pad_token_id)
+    b = pair_batch(tok, rows, args.seq)
     tokens = int(b.attention_mask.sum())
     results = [run_trl(model_dir, rows, args), run_ours(model_dir, rows, args)]
     print(f"\nDPO step on CPU, {args.preset}, {args.pairs} pairs, <= {args.seq} tokens, {tokens} tokens/step")

@@ -95,7 +95,7 @@ def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, wa
     `compiled`: each decoder layer and the log-softmax chunk under torch.compile, as hsdpo's `compile`."""
     from hsdpo.train.losses import weighted_dpo_loss
     from hsdpo.train.mfu import flops_per_token, head_flops_per_token, peak_flops, step_flops
-    from hsdpo.train.tokenize import _chunk_logps, pair_batch, pair_examples, sequence_logps, split_model
+    from hsdpo.train.tokenize import _chunk_logps, pair_batch, sequence_logps, split_model
 
     reset_mem()
     model = build_model(args, device).train()
@@ -106,7 +106,7 @@ def run_plain(args, device: str, pairs: list[dict], steps: int | None = None, wa
         chunk_fn = torch.compile(_chunk_logps)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=device == "cuda")
     tok = IdTokenizer()
-    b = pair_batch(pair_examples(tok, pairs, args.seq), tok.pad_token_id).to(device)
+    b = pair_batch(tok, pairs, args.seq).to(device)
     n = len(pairs)
     ref = torch.tensor([[p["ref_chosen_logp"], p["ref_rejected_logp"]] for p in pairs], device=device)
     w = torch.tensor([p["weight"] for p in pairs], device=device)

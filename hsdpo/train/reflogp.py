@@ -42,17 +42,16 @@ class RefLogpActor:
         self.max_length, self.chunk, self.torch = max_length, chunk, torch
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
-        from hsdpo.train.tokenize import pair_batch, pair_examples, sequence_logps
+        from hsdpo.train.tokenize import pair_batch, sequence_logps
 
         missing = [c for c in NEEDS if c not in batch.columns]
         if missing:
             raise KeyError(f"reflogp: pairs lack columns {missing}")
-        pairs = pair_examples(self.tokenizer, batch.to_dict("records"), self.max_length)
-        b = pair_batch(pairs, self.tokenizer.pad_token_id).to(self.device)
+        b = pair_batch(self.tokenizer, batch.to_dict("records"), self.max_length).to(self.device)
         with self.torch.no_grad():
             logps, _ = sequence_logps(self.model, b.input_ids, b.loss_mask, self.chunk, scored=b.scored)
         logps = logps.double().cpu().numpy()
-        n = len(pairs)
+        n = len(batch)
         return batch.assign(ref_chosen_logp=logps[:n].astype(np.float64), ref_rejected_logp=logps[n:])
 
 

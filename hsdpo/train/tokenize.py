@@ -275,6 +275,9 @@ def tokenize_rows(kind: str, tokenizer: Any, rows: list[dict[str, Any]], max_len
     return pa.table(cols)
 
 
-def pair_batch(pairs: list[tuple[Encoded, Encoded]], pad_id: int) -> Batch:
-    """Chosen then rejected in one batch `[2B, T]`: one forward for both."""
-    return collate([c for c, _ in pairs] + [r for _, r in pairs], pad_id)
+def pair_batch(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> Batch:
+    """Pairs encoded (`encode_pairs`) as one batch `[2B, T]`, chosen then rejected: one forward for
+    both, cut from the encoded arrays directly (`collate_rows`)."""
+    chosen, rejected = encode_pairs(tokenizer, rows, max_length)
+    idx = np.arange(len(rows))
+    return collate_rows([(chosen, idx), (rejected, idx)], tokenizer.pad_token_id)

@@ -27,7 +27,7 @@ from hsdpo.plan import Plan
 from hsdpo.prompts import format_prompt
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import read_rows, run_stage, write_rows
-from hsdpo.train.tokenize import collate, encode_batch, pair_batch, pair_examples, sequence_logps
+from hsdpo.train.tokenize import collate, encode_batch, pair_batch, sequence_logps
 
 MAXLEN = 64
 
@@ -244,7 +244,7 @@ def test_chunked_logps_equal_full_logits(tiny_model_dir):
 
     tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="float32")
     rows = [{"prompt": "Question: 3 apples and 4 more?\nAnswer: ", "chosen": "3 + 4 = 7\n#### 7", "rejected": "#### 9"}]
-    b = pair_batch(pair_examples(tok, rows * 2, 64), tok.pad_token_id)
+    b = pair_batch(tok, rows * 2, 64)
     assert not bool(b.attention_mask.all())  # right padding: no mask reaches the decoder, the full forward has it
     chunked, n = sequence_logps(model, b.input_ids, b.loss_mask, chunk=5)
     logits = model(input_ids=b.input_ids, attention_mask=b.attention_mask).logits[:, :-1].float()
@@ -582,7 +582,7 @@ def test_cached_reference_equals_online_forward(run):
     ref = sorted(read_rows(RunDir(cfg.run_dir).path("ref_logps")), key=lambda r: r["pair_id"])
     path = str(Path(cfg.run_dir) / "sft" / "model")
     tok, model = load_tokenizer(path), load_model(path, dtype="float32").eval()
-    b = pair_batch(pair_examples(tok, ref, MAXLEN), tok.pad_token_id)
+    b = pair_batch(tok, ref, MAXLEN)
     with torch.no_grad():
         logps, _ = sequence_logps(model, b.input_ids, b.loss_mask)
     n = len(ref)
@@ -709,7 +709,7 @@ def _heldout_losses(model_dir: Path, kind: str, rows: list[dict], beta: float = 
         enc = encode_batch(tok, [r["prompt"] for r in rows], [r["completion"] for r in rows], MAXLEN)
         b = collate([enc[i] for i in range(len(enc))], tok.pad_token_id)
     else:
-        b = pair_batch(pair_examples(tok, rows, MAXLEN), tok.pad_token_id)
+        b = pair_batch(tok, rows, MAXLEN)
     with torch.no_grad():
         logps, ntok = sequence_logps(model, b.input_ids, b.loss_mask)
     if kind == "sft":
