@@ -167,18 +167,19 @@ class DPOConfig(TrainConfig):
     weighting: Literal["verifier", "uniform"] = Field("verifier", description="verifier = the pairs' weight column; uniform = 1")
     beta: float = Field(0.1, gt=0, description="DPO temperature")
     nll_coef: float = Field(0.0, ge=0, description="weight of the chosen-completion NLL term (DPO+NLL, iterative RPO)")
-    loss_type: Literal["sigmoid", "robust", "hinge"] = Field(
+    loss_type: Literal["sigmoid", "robust", "hinge", "ipo"] = Field(
         "sigmoid", description="per-pair loss of the margin: sigmoid (DPO), robust (unbiased under label noise,"
-        " Chowdhury et al. 2024), hinge (SLiC); weighted alike (losses.py)")
+        " Chowdhury et al. 2024), hinge (SLiC), ipo (Azar et al. 2023, on per-token mean log-probs);"
+        " weighted alike (losses.py)")
     label_smoothing: float = Field(
         0.0, ge=0, lt=0.5, description="assumed share of pairs the verifier got the wrong way round: conservative DPO"
-        " with the sigmoid loss, the noise rate of the robust one; not with hinge")
+        " with the sigmoid loss, the noise rate of the robust one; not with hinge or ipo")
     lr: float = Field(5e-5, gt=0, description="peak learning rate")
     batch_size: int = Field(16, ge=1, description="global batch of pairs per optimizer step")
     micro_batch_size: int = Field(4, ge=1, description="pairs a worker runs per forward (chosen+rejected concatenated)")
 
     @model_validator(mode="after")
     def _smoothing_has_a_loss(self) -> "DPOConfig":
-        if self.loss_type == "hinge" and self.label_smoothing:
-            raise ValueError("label_smoothing applies to loss_type sigmoid or robust, not hinge")
+        if self.loss_type in ("hinge", "ipo") and self.label_smoothing:
+            raise ValueError(f"label_smoothing applies to loss_type sigmoid or robust, not {self.loss_type}")
         return self

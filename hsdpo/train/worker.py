@@ -245,7 +245,8 @@ class Task:
         nll = -logps[:n].sum() / den["chosen_tokens"]
         loss, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=self.cfg.beta,
                                     nll_coef=self.cfg.nll_coef, chosen_nll=nll, denominator=den["weight"],
-                                    loss_type=self.cfg.loss_type, label_smoothing=self.cfg.label_smoothing)
+                                    loss_type=self.cfg.loss_type, label_smoothing=self.cfg.label_smoothing,
+                                    chosen_tokens=ntok[:n], rejected_tokens=ntok[n:])
         sums = {k: (v if k == "dpo_loss" else v * (n * batch_frac)) for k, v in m.items()}
         return loss, {"loss": loss.detach(), "chosen_nll": nll.detach(), **sums}
 

@@ -113,3 +113,42 @@ def test_label_smoothing_equals_its_definition_and_keeps_ln2_at_the_reference():
         assert at_ref.item() == pytest.approx(math.log(2), rel=1e-12)
     with pytest.raises(ValueError, match="not hinge"):
         weighted_dpo_loss(pc, pr, rc, rr, w, loss_type="hinge", label_smoothing=e)
+
+
+def test_ipo_worked_example_from_the_docstring():
+    loss, m = weighted_dpo_loss(t(-1, -2), t(-2, -1), t(-1, -1), t(-1, -1), t(1, 3), beta=1.0, loss_type="ipo",
+                                chosen_tokens=t(1, 2), rejected_tokens=t(2, 1))
+    assert loss.item() == pytest.approx(0.75, abs=1e-12)
+    assert m["dpo_loss_unweighted"].item() == pytest.approx(0.5)  # (0 + 1) / 2
+    assert m["rewards_chosen"].item() == pytest.approx(-0.25) and m["rewards_rejected"].item() == pytest.approx(-0.25)
+    assert m["margins"].item() == pytest.approx(0.0) and m["accuracy"].item() == 0.5
+
+
+def test_ipo_is_its_definition_on_per_token_means():
+    """(h - 1/(2β))² on mean log-probs, weighted; 1/(4β²) at the reference; a pair whose completions
+    are twice as long at the same per-token log-probs scores the same; a zero-weight pair gets no
+    gradient; without the token counts, or with label smoothing, a clear error."""
+    g = torch.Generator().manual_seed(1)
+    pc, pr, rc, rr = (torch.randn(8, generator=g, dtype=torch.float64) * 20 for _ in range(4))
+    nc, nr = (torch.randint(1, 40, (8,), generator=g) for _ in range(2))
+    w = torch.rand(8, generator=g, dtype=torch.float64)
+    w[3] = 0.0
+    beta = 0.25
+    h = (pc / nc - rc / nc) - (pr / nr - rr / nr)
+    want = (w * (h - 1 / (2 * beta)) ** 2).sum() / w.sum()
+    pc.requires_grad_()
+    loss, m = weighted_dpo_loss(pc, pr, rc, rr, w, beta=beta, loss_type="ipo", chosen_tokens=nc, rejected_tokens=nr)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-12)
+    assert m["margins"].item() == pytest.approx((beta * h).mean().item(), rel=1e-12)
+    loss.backward()
+    assert pc.grad[3].item() == 0.0 and pc.grad[0].item() != 0.0
+    pc = pc.detach()
+    twice, _ = weighted_dpo_loss(2 * pc, 2 * pr, 2 * rc, 2 * rr, w, beta=beta, loss_type="ipo",
+                                 chosen_tokens=2 * nc, rejected_tokens=2 * nr)
+    assert twice.item() == pytest.approx(loss.item(), rel=1e-12)
+    at_ref, _ = weighted_dpo_loss(pc, pr, pc, pr, w, beta=beta, loss_type="ipo", chosen_tokens=nc, rejected_tokens=nr)
+    assert at_ref.item() == pytest.approx(1 / (4 * beta**2), rel=1e-12)
+    with pytest.raises(ValueError, match="loss_type ipo needs chosen_tokens and rejected_tokens"):
+        weighted_dpo_loss(pc, pr, rc, rr, w, loss_type="ipo")
+    with pytest.raises(ValueError, match="not ipo"):
+        weighted_dpo_loss(pc, pr, rc, rr, w, loss_type="ipo", label_smoothing=0.1, chosen_tokens=nc, rejected_tokens=nr)

@@ -303,6 +303,37 @@ def test_a_batch_of_zero_weight_pairs_gives_zero_loss_and_gradient(tiny_model_di
     assert loss.item() > 0  # a batch with any weight still counts
 
 
+def test_ipo_in_the_worker_scores_each_pair_by_its_mean_token_log_probs(tiny_model_dir):
+    """The micro-step hands IPO each side's completion token count: completions of different
+    lengths, the loss against one computed from the same model's sums and counts. IPO takes no
+    label smoothing (a config error)."""
+    from hsdpo.model import load_model, load_tokenizer
+    from hsdpo.train.config import DPOConfig
+    from hsdpo.train.losses import weighted_dpo_loss
+    from hsdpo.train.tokenize import LogpModel
+    from hsdpo.train.worker import Task
+
+    tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="float32")
+    rows = [{"prompt": "Question: 3 and 4?\nAnswer: ", "chosen": c, "rejected": r, "weight": w,
+             "ref_chosen_logp": -9.0, "ref_rejected_logp": -14.0}
+            for c, r, w in (("3 + 4 = 7\n#### 7", "#### 9", 1.0), ("#### 7", "3 + 4 = 12, so 12\n#### 12", 2.0))]
+    cfg = DPOConfig(beta=0.5, max_length=MAXLEN, loss_type="ipo")
+    task = Task.from_rows("dpo", cfg, rows, tok)
+    loss, m = task.micro_step(LogpModel(model, 16), [0, 1], task.denominators([0, 1]), 1 / 2, torch.device("cpu"))
+    b = pair_batch(tok, rows, MAXLEN)
+    with torch.no_grad():
+        logps, ntok = sequence_logps(model, b.input_ids, b.loss_mask)
+    assert ntok[0] != ntok[2] and ntok[1] != ntok[3]  # the sides' lengths differ
+    ref, w = torch.tensor([[-9.0, -14.0]] * 2), torch.tensor([1.0, 2.0])
+    direct, _ = weighted_dpo_loss(logps[:2], logps[2:], ref[:, 0], ref[:, 1], w, beta=0.5, loss_type="ipo",
+                                  chosen_tokens=ntok[:2], rejected_tokens=ntok[2:])
+    summed, _ = weighted_dpo_loss(logps[:2], logps[2:], ref[:, 0], ref[:, 1], w, beta=0.5, loss_type="ipo",
+                                  chosen_tokens=torch.ones(2), rejected_tokens=torch.ones(2))
+    assert loss.item() == pytest.approx(direct.item(), rel=1e-5) and abs(loss.item() - summed.item()) > 1e-2
+    with pytest.raises(ValueError, match="label_smoothing applies to loss_type sigmoid or robust, not ipo"):
+        DPOConfig(loss_type="ipo", label_smoothing=0.1)
+
+
 PLAIN_WORKER = """
 import json, os, sys
 from hsdpo.train.config import DPOConfig
