@@ -89,7 +89,15 @@ class _DuplicateKey(yaml.YAMLError):
         self.key, self.line = key, line
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
+class _Loader(yaml.SafeLoader):
+    """Safe YAML that leaves a date as written: `name: 2024-01-01` is the string a string field
+    wants, not a `date` that no setting takes."""
+
+    yaml_implicit_resolvers = {first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+                               for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+
+
+class _UniqueKeyLoader(_Loader):
     """Safe YAML that refuses a key given twice in one mapping (plain YAML keeps the last silently:
     a second `dpo:` section would drop the first without a word)."""
 
@@ -109,7 +117,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 def _parse_value(raw: str) -> Any:
     """Override values are YAML scalars/flows: `0.2`, `true`, `[1, 2]`, `null`, `s3://b/x`."""
     try:
-        return yaml.safe_load(raw)
+        return yaml.load(raw, Loader=_Loader)
     except yaml.YAMLError:
         return raw
 
@@ -144,8 +152,30 @@ def _format_error(err: ValidationError) -> str:
     return f"bad config value at {loc}: {first['msg']}{shown}{more}"
 
 
+def _not_plain(node: Any, loc: str = "", above: tuple[int, ...] = ()) -> tuple[str, str] | None:
+    """(dotted key, what is there) of the first value JSON cannot hold (a `!!binary`, a `!!set`, an
+    explicit `!!timestamp`, an alias inside itself), or None: named in the error, not a traceback."""
+    where = loc or "<root>"
+    if isinstance(node, (dict, list)):
+        if id(node) in above:
+            return (where, "an alias inside itself")
+        items: Any = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in items:
+            if not isinstance(k, (str, int, float, bool)) and k is not None:
+                return (where, f"the key {k!r:.60}")
+            found = _not_plain(v, f"{loc}.{k}" if loc else str(k), (*above, id(node)))
+            if found:
+                return found
+        return None
+    return None if node is None or isinstance(node, (str, int, float)) else (where, f"{node!r:.60}")
+
+
 def config_from_dict(tree: dict[str, Any], overrides: list[str] = ()) -> PipelineConfig:
-    tree = json.loads(json.dumps(tree))  # deep copy, plain types
+    try:
+        tree = json.loads(json.dumps(tree))  # deep copy, plain types
+    except (TypeError, ValueError, RecursionError):
+        loc, shown = _not_plain(tree) or ("<root>", "a value nested too deeply")
+        raise ConfigError(f"bad config value at {loc}: not a plain YAML value (got {shown})") from None
     for item in overrides:
         apply_override(tree, item)
     try:
@@ -161,7 +191,9 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Pi
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            tree = yaml.load(p.read_text(), Loader=_UniqueKeyLoader) or {}
+            tree = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {err.start})") from None
         except _DuplicateKey as err:
             raise ConfigError(f"config file {p} line {err.line}: key {err.key!r} given twice in one section") from None
         except yaml.YAMLError as err:

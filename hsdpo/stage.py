@@ -113,7 +113,9 @@ def write_rejects(out_dir: str, rejects: list[dict[str, Any]]) -> dict[str, int]
     """Rows that cannot be used go to `<stage>/_rejects/` with a `reason`; returns counts by reason."""
     if not rejects:
         return {}
-    rows = [{"reason": r["reason"], "row": str(r.get("row"))[:2000], "source": r.get("source", "")} for r in rejects]
+    # a lone surrogate in a hostile row would make the whole Parquet write fail: kept as \udXXX
+    rows = [{"reason": r["reason"], "row": str(r.get("row"))[:2000].encode("utf-8", "backslashreplace").decode("utf-8"),
+             "source": r.get("source", "")} for r in rejects]
     write_rows(rows, join(out_dir, REJECTS, "rejects.parquet"))
     counts: dict[str, int] = {}
     for r in rejects:

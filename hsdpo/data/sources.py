@@ -12,6 +12,7 @@ from typing import Any, Iterator
 
 import fsspec
 
+from hsdpo.config import InputError
 from hsdpo.data.config import SourceConfig
 from hsdpo.data.synthetic import generate
 from hsdpo.verifier.answers import extract_answer
@@ -22,11 +23,12 @@ HUB_CONFIGS = {"openai/gsm8k": "main"}
 FIELDS = {"gsm8k": ("question", "answer"), "math": ("question", "answer"), "metamathqa": ("query", "response"), "synthetic": ("question", "answer")}
 
 Reject = dict[str, Any]
+MAX_STEPS = 2**63 - 1  # what an int64 column holds
 
 
 def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
     """JSONL (one object a line) or a JSON array, a local path or a URI (s3://, gs://). A bad line
-    is yielded as a reject, not raised."""
+    is yielded as a reject, not raised; an array that does not parse is an `InputError`."""
     fs, p = fsspec.core.url_to_fs(path)
     if not fs.isfile(p):
         raise FileNotFoundError(f"data file not found: {path}")
@@ -39,7 +41,9 @@ def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
             try:
                 records = json.load(f)
             except json.JSONDecodeError as err:
-                raise ValueError(f"{path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+                raise InputError(f"data file {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
+            except RecursionError:
+                raise InputError(f"data file {path} is not usable JSON: nested too deeply") from None
             for rec in records:
                 yield rec if isinstance(rec, dict) else {"__reject__": "not_an_object", "row": rec}
             return
@@ -48,7 +52,7 @@ def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
                 continue
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 yield {"__reject__": "bad_json", "row": f"line {lineno}: {line[:200]}"}
                 continue
             yield rec if isinstance(rec, dict) else {"__reject__": "not_an_object", "row": rec}
@@ -56,8 +60,6 @@ def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
 
 def read_hub(src: SourceConfig) -> Iterator[dict[str, Any]]:
     from datasets import load_dataset
-
-    from hsdpo.config import InputError
 
     hub_id = src.hub_id or HUB_IDS[src.name]
     try:
@@ -78,8 +80,32 @@ def count_steps(solution: str) -> int:
     return max(len(lines), 1)
 
 
-def normalize(rec: dict[str, Any], src: SourceConfig, index: int) -> dict[str, Any]:
-    """One raw record -> a problem row, or a reject dict with `reason`."""
+def row_steps(value: Any, solution: str) -> int | None:
+    """A row's own `num_steps` (absent, null or 0: counted from the solution), or None when it is no
+    whole number of steps ("many", 2.5, NaN, a list, a negative or an int64-overflowing count)."""
+    if isinstance(value, str) and value.strip().isdecimal():
+        value = int(value)
+    elif isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if value is None or value == 0 or value == "":
+        return count_steps(solution)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_STEPS:
+        return None
+    return value
+
+
+def _utf8(text: str) -> bool:
+    """False for a lone surrogate (JSON "\\ud800"), which a Parquet string cannot hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def normalize(rec: dict[str, Any], src: SourceConfig, index: int, id_prefix: str | None = None) -> dict[str, Any]:
+    """One raw record -> a problem row, or a reject dict with `reason`. Ids are
+    `<id_prefix>-<index>`, the prefix `name-split-seed` unless the data stage gives another."""
     if "__reject__" in rec:
         return {"reason": rec["__reject__"], "row": rec.get("row"), "source": src.name}
     qkey, skey = FIELDS[src.name]
@@ -90,22 +116,34 @@ def normalize(rec: dict[str, Any], src: SourceConfig, index: int) -> dict[str, A
         return {"reason": f"missing_field:{qkey if not isinstance(question, str) else skey}", "row": rec, "source": src.name}
     if not question.strip() or not solution.strip():
         return {"reason": "empty_text", "row": rec, "source": src.name}
+    if not _utf8(question) or not _utf8(solution):
+        return {"reason": "bad_text", "row": rec, "source": src.name}
     extraction = extract_answer(solution)
     if extraction.answer is None or extraction.rule == "last_number" and src.name != "math":
         return {"reason": "unparseable_gold", "row": rec, "source": src.name}
+    steps = row_steps(rec.get("num_steps"), solution)
+    if steps is None:
+        return {"reason": "bad_num_steps", "row": rec, "source": src.name}
     label = src.name if src.name != "metamathqa" else f"metamathqa/{rec.get('type', 'unknown')}"
+    if not _utf8(label):
+        return {"reason": "bad_text", "row": rec, "source": src.name}
     return {
-        "problem_id": f"{src.name}-{src.split}-{src.seed}-{index:07d}",
+        "problem_id": f"{id_prefix or default_id_prefix(src)}-{index:07d}",
         "question": question.strip(),
         "gold_answer": extraction.answer,
         "gold_solution": solution.strip(),
         "source": label,
         "split": src.split,
-        "num_steps": int(rec.get("num_steps") or count_steps(solution)),
+        "num_steps": steps,
     }
 
 
-def load_source(src: SourceConfig, run_seed: int) -> tuple[list[dict[str, Any]], list[Reject]]:
+def default_id_prefix(src: SourceConfig) -> str:
+    return f"{src.name}-{src.split}-{src.seed}"
+
+
+def load_source(src: SourceConfig, run_seed: int,
+                id_prefix: str | None = None) -> tuple[list[dict[str, Any]], list[Reject]]:
     if src.name == "synthetic":
         records: Any = generate(src.synthetic, seed=run_seed * 1_000_003 + src.seed)
     elif src.path:
@@ -116,6 +154,6 @@ def load_source(src: SourceConfig, run_seed: int) -> tuple[list[dict[str, Any]],
     for i, rec in enumerate(records):
         if src.limit is not None and len(rows) >= src.limit:
             break
-        out = normalize(rec, src, i)
+        out = normalize(rec, src, i, id_prefix)
         (rejects if "reason" in out else rows).append(out)
     return rows, rejects

@@ -12,18 +12,37 @@ from __future__ import annotations
 from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
+from hsdpo.data.config import SourceConfig
 from hsdpo.plan import plan
 from hsdpo.rundir import StageResult, join
 from hsdpo.stage import run_stage, write_rejects, write_rows
 
 
-def _build(cfg: PipelineConfig, out: str) -> StageResult:
+def id_prefixes(sources: list[SourceConfig]) -> list[str]:
+    """Each source's problem-id prefix, `name-split-seed`. A source whose prefix an earlier one has
+    (two GSM8K-format files of one split) gets its position too, `gsm8k-train-0-s1`: no two sources
+    share an id (sampling keys on it), and a recipe without such a pair keeps the ids it had."""
+    from hsdpo.data.sources import default_id_prefix
+
+    out: list[str] = []
+    for i, src in enumerate(sources):
+        prefix = default_id_prefix(src)
+        if prefix in out:
+            prefix = f"{prefix}-s{i}"
+        out.append(prefix)
+    return out
+
+
+def read_sources(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(problems, rejects) of every source; read in the preflight, so that an unreadable file, a hub
+    dataset that does not load or no usable problem is a one-line error before the previous
+    problems/ is replaced."""
     from hsdpo.data.sources import load_source
 
     rows: list[dict[str, Any]] = []
     rejects: list[dict[str, Any]] = []
-    for src in cfg.data.sources:
-        got, bad = load_source(src, cfg.seed)
+    for src, prefix in zip(cfg.data.sources, id_prefixes(cfg.data.sources)):
+        got, bad = load_source(src, cfg.seed, prefix)
         rows += got
         rejects += bad
     if cfg.data.drop_test_overlap:
@@ -37,6 +56,10 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
         rows = keep
     if not rows:
         raise InputError("data: no usable problems (check data.sources)")
+    return rows, rejects
+
+
+def _build(cfg: PipelineConfig, out: str, rows: list[dict[str, Any]], rejects: list[dict[str, Any]]) -> StageResult:
     write_rows(rows, join(out, "problems.parquet"))
     by_split: dict[str, int] = {}
     for r in rows:
@@ -46,12 +69,18 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
 
 
 def run_data(cfg: PipelineConfig, force: bool = False) -> StageResult:
-    return run_stage(cfg, plan(cfg, "data"), body=lambda out: _build(cfg, out), force=force,
-                     preflight=lambda: _preflight(cfg))
+    read: dict[str, Any] = {}  # by the preflight, before the previous problems/ is replaced
+
+    def check() -> None:
+        _preflight(cfg)
+        read["data"] = read_sources(cfg)
+
+    return run_stage(cfg, plan(cfg, "data"), body=lambda out: _build(cfg, out, *read["data"]), force=force,
+                     preflight=check)
 
 
 def _preflight(cfg: PipelineConfig) -> None:
-    """Every source file is there before the previous problems/ is replaced."""
+    """Every source file is there before any is read."""
     import fsspec
 
     for i, src in enumerate(cfg.data.sources):

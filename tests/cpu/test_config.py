@@ -82,6 +82,27 @@ def test_deepspeed_extras_merge_into_the_built_config():
         load_config(None, ["dpo.deepspeed.zero_optimization.compute_grad_norm=false"])
 
 
+def test_a_date_is_the_string_written_and_other_yaml_only_values_are_one_line(tmp_path):
+    cfg = load_config(write(tmp_path, "name: 2024-01-01\nrun_dir: 2024-01-02\n"), ["eval.output=2024-01-03"])
+    assert (cfg.name, cfg.run_dir, cfg.eval.output) == ("2024-01-01", "2024-01-02", "2024-01-03")
+    for text, message in [("seed: 2024-01-01\n", "bad config value at seed: Input should be a valid integer"),
+                          ("name: !!binary aGk=\n", "bad config value at name: not a plain YAML value (got b'hi')"),
+                          ("data: {sources: !!set {a}}\n", "bad config value at data.sources: not a plain YAML value"),
+                          ("steps: &s [*s]\n", "bad config value at steps.0: not a plain YAML value (got an alias inside itself)")]:
+        with pytest.raises(ConfigError) as err:
+            load_config(write(tmp_path, text))
+        assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_a_config_file_that_is_not_utf8_is_one_line(tmp_path, capsys):
+    from hsdpo.cli import main
+
+    p = tmp_path / "c.yaml"
+    p.write_bytes(b"name: caf\xe9\n")
+    assert main(["data", str(p)]) == 2
+    assert capsys.readouterr().err.strip() == f"hsdpo: config file {p} is not UTF-8 text (byte 9)"
+
+
 def test_missing_file_names_path(tmp_path):
     with pytest.raises(ConfigError, match=r"config file not found: .*nope\.yaml$"):
         load_config(tmp_path / "nope.yaml")

@@ -207,3 +207,69 @@ def test_an_unloadable_hub_dataset_is_one_line(monkeypatch):
     text = str(err.value)
     assert text.startswith("data source gsm8k: hub dataset hsdpo-test/no-such-dataset (split train) cannot be loaded")
     assert text.endswith("a local copy goes in its path") and "\n" not in text
+
+
+def test_a_row_whose_num_steps_is_no_whole_number_is_a_counted_reject(tmp_path):
+    sol = '"answer": "1+1=<<1+1=2>>2\\n#### 2"'
+    steps = ['"many"', "NaN", "[2]", "2.5", "-1", "true", "1e400", str(2**64), '"3"', "2.0", "0", "null"]
+    lines = [f'{{"question": "Q{i}?", {sol}, "num_steps": {s}}}' for i, s in enumerate(steps)]
+    lines += ['{"question": "Q\\ud800?", ' + sol + "}", '"\\ud800"']  # lone surrogates: no Parquet string
+    path = tmp_path / "steps.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    rows, rejects = load_source(SourceConfig(name="gsm8k", path=str(path)), 0)
+    assert [r["num_steps"] for r in rows] == [3, 2, 1, 1]
+    assert [r["reason"] for r in rejects] == ["bad_num_steps"] * 8 + ["bad_text", "not_an_object"]
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"run_dir: {tmp_path}/run\ndata: {{sources: [{{name: gsm8k, path: {path}}}]}}\n")
+    res = run_data(load_config(recipe))
+    assert res.rows["problems"] == 4 and res.rejects == {"bad_num_steps": 8, "bad_text": 1, "not_an_object": 1}
+    assert len(read_rows(RunDir(f"{tmp_path}/run").path("problems", "_rejects"))) == 10
+
+
+def _fails_and_keeps(tmp_path, capsys, sources: str) -> str:
+    """Run `hsdpo data` on a run dir with complete problems/; return its one stderr line after
+    checking that the previous problems/ and manifest are untouched."""
+    from hsdpo.cli import main
+
+    p = tmp_path / "r.yaml"
+    rd = RunDir(f"{tmp_path}/run")
+    if rd.manifest("problems") is None:
+        p.write_text(f"run_dir: {tmp_path}/run\ndata: {{sources: [{{name: synthetic, synthetic: {{num_problems: 20}}}}]}}\n")
+        assert main(["data", str(p)]) == 0
+    before, rows = rd.manifest("problems"), read_rows(rd.path("problems"))
+    capsys.readouterr()
+    p.write_text(f"run_dir: {tmp_path}/run\ndata: {{sources: {sources}}}\n")
+    assert main(["data", str(p)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rd.manifest("problems") == before and read_rows(rd.path("problems")) == rows and len(rows) == 20
+    return err[-1]
+
+
+def test_an_unreadable_source_or_no_usable_problem_is_one_line_and_keeps_the_previous_problems(tmp_path, capsys):
+    broken = tmp_path / "broken.json"
+    broken.write_text('[{"question": "Q?", "answer": "#### 1"},\n')
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000)
+    useless = tmp_path / "useless.jsonl"
+    useless.write_bytes(b'{"question": "Q\xff?"}\nnot json\n')
+    assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {broken}}}]") == \
+        f"hsdpo: data file {broken} is not valid JSON: Expecting value at line 2"
+    assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {deep}}}]") == \
+        f"hsdpo: data file {deep} is not usable JSON: nested too deeply"
+    assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {useless}}}]") == \
+        "hsdpo: data: no usable problems (check data.sources)"
+
+
+def test_sources_of_one_format_split_and_seed_get_ids_of_their_own(tmp_path, data_dir):
+    lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines()
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("\n".join(lines[:3]) + "\n")
+    b.write_text("\n".join(lines[3:5]) + "\n")
+    p = tmp_path / "r.yaml"
+    p.write_text(f"run_dir: {tmp_path}/run\ndata: {{sources: [{{name: gsm8k, path: {a}}}, {{name: gsm8k, path: {b}}},"
+                 f" {{name: gsm8k, path: {b}, seed: 1}}, {{name: gsm8k, path: {b}}}]}}\n")
+    run_data(load_config(p))
+    ids = [r["problem_id"] for r in read_rows(RunDir(f"{tmp_path}/run").path("problems"))]
+    # the first of a kind and a source of its own seed keep the ids they had
+    assert ids == [f"gsm8k-train-0-{i:07d}" for i in range(3)] + [f"gsm8k-train-0-s1-{i:07d}" for i in range(2)] + \
+        [f"gsm8k-train-1-{i:07d}" for i in range(2)] + [f"gsm8k-train-0-s3-{i:07d}" for i in range(2)]
