@@ -1,17 +1,25 @@
 """Preference pairs from verified samples (pure Python: no ray, no torch): selection and weights.
 
 Per problem (its samples, each a dict with the verdict columns):
-- usable samples: those without an `error` (generation or verification failed) and with text;
+- usable samples: those with a verdict the verifier reached and text. Every other sample is
+  excluded, with a reason (`EXCLUDE_REASONS`) the stage counts as a reject: `error` (generation or
+  verification failed), `verifier_error` (the verifier crashed on it: its `correct=False` says
+  nothing), `verifier_undecided` (the symbolic answer check timed out or failed: a possibly right
+  answer), `empty_completion`, `not_verified` (no verdict) and `non_finite_score` (a NaN or
+  infinite wrongness / absurdity / err_numeric: a broken verdict, not the worst one, so it is
+  neither ranked nor weighted);
 - chosen: the best correct sample, lowest `wrongness`, then shortest completion, then lowest
   sample_id. When none is correct and `use_gold` is set, the gold solution (pair kind "gold");
 - rejected (negatives="hard"): hard negatives first (kind "hard"), then the other wrong samples
   (kind "easy"), each group nearest-miss first (lowest wrongness, then absurdity, then
-  sample_id), identical completions once, up to `pairs_per_problem`.
+  sample_id), identical completions once, up to `pairs_per_problem`. A wrong sample whose text
+  is the chosen text (stripped) is never a rejected one (excluded as `same_as_chosen`);
   (negatives="random"): a seeded uniform draw from all wrong samples, the ablation of mining;
   kind still says whether the drawn sample is a hard negative;
 - a problem gives no pair when all usable samples are correct ("all_correct"), when none is
-  correct and there is no gold to fall back on ("all_wrong_no_gold"), or when it has no usable
-  sample ("no_usable_samples").
+  correct and there is no gold to fall back on ("all_wrong_no_gold"), when it has no usable
+  sample ("no_usable_samples"), or when every wrong sample is the chosen text
+  ("no_distinct_negative").
 
 Weight of a pair, from the rejected sample's verdict (ours; the paper gives no formula):
     w = clip(1 + λ · (1 − absurdity_r) · (1 − numeric_r), w_min, w_max)
@@ -33,6 +41,7 @@ negative without a located step error (a wrong final answer only) keeps its whol
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -42,7 +51,11 @@ from pydantic import Field, model_validator
 from hsdpo.configbase import StrictModel
 
 Row = dict[str, Any]
-NO_PAIR_REASONS = ("all_correct", "all_wrong_no_gold", "no_usable_samples")
+NO_PAIR_REASONS = ("all_correct", "all_wrong_no_gold", "no_usable_samples", "no_distinct_negative")
+EXCLUDE_REASONS = ("error", "verifier_error", "verifier_undecided", "empty_completion", "not_verified",
+                   "non_finite_score", "same_as_chosen")
+SCORE_COLUMNS = ("wrongness", "absurdity", "err_numeric")  # what ranks and weighs a sample
+UNDECIDED_FLAGS = {"symbolic_timeout", "symbolic_unavailable", "symbolic_error"}
 
 
 class PairsConfig(StrictModel):
@@ -51,9 +64,10 @@ class PairsConfig(StrictModel):
     weighting: Literal["verifier", "uniform"] = Field("verifier", description="verifier weights, or all 1 (ablation)")
     negatives: Literal["hard", "random"] = Field("hard", description="hard negatives first, or a random draw of wrong samples (ablation)")
     use_gold: bool = Field(True, description="use the gold solution as chosen when no sample is correct")
-    lam: float = Field(1.0, ge=0, description="λ in w = clip(1 + λ(1-absurdity)(1-numeric), w_min, w_max)")
-    w_min: float = Field(0.1, gt=0, description="lower clip of a raw pair weight")
-    w_max: float = Field(3.0, gt=0, description="upper clip of a raw pair weight")
+    lam: float = Field(1.0, ge=0, allow_inf_nan=False,
+                       description="λ in w = clip(1 + λ(1-absurdity)(1-numeric), w_min, w_max)")
+    w_min: float = Field(0.1, gt=0, allow_inf_nan=False, description="lower clip of a raw pair weight")
+    w_max: float = Field(3.0, gt=0, allow_inf_nan=False, description="upper clip of a raw pair weight")
     rejected_span: Literal["full", "first_error"] = Field(
         "full", description="the whole rejected completion, or only up to its first error (verifier-located)")
 
@@ -81,6 +95,7 @@ class Pair:
 class ProblemPairs:
     pairs: list[Pair] = field(default_factory=list)
     reason: str | None = None  # why there is no pair, one of NO_PAIR_REASONS
+    excluded: list[tuple[Row, str]] = field(default_factory=list)  # (sample, one of EXCLUDE_REASONS)
 
 
 def raw_weight(rejected: Row, cfg: PairsConfig) -> float:
@@ -88,6 +103,8 @@ def raw_weight(rejected: Row, cfg: PairsConfig) -> float:
     if cfg.weighting == "uniform":
         return 1.0
     absurdity, numeric = float(rejected["absurdity"]), float(rejected["err_numeric"])
+    if not (math.isfinite(absurdity) and math.isfinite(numeric)):
+        raise ValueError(f"pair weight of a non-finite score (absurdity {absurdity}, err_numeric {numeric})")
     return min(cfg.w_max, max(cfg.w_min, 1.0 + cfg.lam * (1.0 - absurdity) * (1.0 - numeric)))
 
 
@@ -99,8 +116,40 @@ def normalise(weights: list[float]) -> list[float]:
     return [w / mean for w in weights]
 
 
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _flags(row: Row) -> set[str]:
+    flags = row.get("flags")
+    if isinstance(flags, str):
+        return {f.strip() for f in flags.split(",")}
+    return {str(f) for f in flags} if isinstance(flags, (list, tuple)) else set()
+
+
+def unusable_reason(row: Row) -> str | None:
+    """Why a sample can be neither chosen nor rejected (one of EXCLUDE_REASONS), or None."""
+    if row.get("error"):
+        return "error"
+    flags = _flags(row)
+    if "verifier_error" in flags:
+        return "verifier_error"
+    if not row.get("correct") and flags & UNDECIDED_FLAGS:
+        return "verifier_undecided"
+    if not str(row.get("completion") or "").strip():
+        return "empty_completion"
+    if row.get("correct") is None:
+        return "not_verified"
+    if not all(_finite(row.get(c)) for c in SCORE_COLUMNS):
+        return "non_finite_score"
+    return None
+
+
 def usable(row: Row) -> bool:
-    return not row.get("error") and bool(str(row.get("completion") or "").strip())
+    return unusable_reason(row) is None
 
 
 def best_correct(samples: list[Row]) -> Row | None:
@@ -159,18 +208,26 @@ def first_error_cut(rejected: str, chosen: str, first_error_step: int) -> str | 
 
 
 def select_pairs(problem: Row, samples: list[Row], cfg: PairsConfig, seed: int = 0) -> ProblemPairs:
-    """The pairs of one problem (weights raw, not yet normalised), or the reason there are none."""
-    samples = [r for r in samples if usable(r)]
+    """The pairs of one problem (weights raw, not yet normalised), or the reason there are none;
+    either way the samples left out, each with its reason."""
+    reasons = [unusable_reason(r) for r in samples]
+    excluded = [(r, why) for r, why in zip(samples, reasons) if why is not None]
+    samples = [r for r, why in zip(samples, reasons) if why is None]
     if not samples:
-        return ProblemPairs(reason="no_usable_samples")
+        return ProblemPairs(reason="no_usable_samples", excluded=excluded)
     wrong = sorted((r for r in samples if not r["correct"]), key=lambda r: r["sample_id"])
     chosen = best_correct(samples)
     if chosen is None and cfg.use_gold:
         chosen = gold_row(problem)
     if not wrong:
-        return ProblemPairs(reason="all_correct")
+        return ProblemPairs(reason="all_correct", excluded=excluded)
     if chosen is None:
-        return ProblemPairs(reason="all_wrong_no_gold")
+        return ProblemPairs(reason="all_wrong_no_gold", excluded=excluded)
+    same = str(chosen["completion"]).strip()  # chosen == rejected carries no preference
+    excluded += [(r, "same_as_chosen") for r in wrong if str(r["completion"]).strip() == same]
+    wrong = [r for r in wrong if str(r["completion"]).strip() != same]
+    if not wrong:
+        return ProblemPairs(reason="no_distinct_negative", excluded=excluded)
     rng = random.Random(f"{seed}/{problem['problem_id']}")
     pairs = []
     for r in pick_negatives(wrong, cfg, rng):
@@ -180,7 +237,7 @@ def select_pairs(problem: Row, samples: list[Row], cfg: PairsConfig, seed: int =
             step = r.get("first_error_step")
             text = first_error_cut(str(r["completion"]), str(chosen["completion"]), -1 if step is None else int(step))
         pairs.append(Pair(chosen=chosen, rejected=r, kind=kind, weight=raw_weight(r, cfg), rejected_text=text))
-    return ProblemPairs(pairs=pairs)
+    return ProblemPairs(pairs=pairs, excluded=excluded)
 
 
 def normalise_pairs(pairs: list[Pair]) -> None:

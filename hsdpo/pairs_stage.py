@@ -10,9 +10,13 @@ rejected = completion texts, so the file loads straight into TRL's DPOTrainer; w
 `pairs.rejected_span=first_error` `rejected` is cut after its first error, `rejected_cut` says so
 and `rejected_full` keeps the whole sample), `weight_raw`,
 `chosen_sample_id` / `rejected_sample_id` (-1 = the gold solution) and both verdicts prefixed
-`chosen_` / `rejected_`. The selection and weight math is hsdpo.pairs (pure Python); this module
-reads, groups and writes. Samples are grouped in the driver: one row a sample is a few KB, so
-a few million samples fit in memory.
+`chosen_` / `rejected_`. Samples neither chosen nor rejected for a reason (a verifier error, an
+empty completion, a non-finite score, the chosen text again: hsdpo.pairs.EXCLUDE_REASONS) go to
+`pairs/_rejects/` (`row` = problem_id/sample_id) and are counted by reason in the manifest's
+`rejects`. Samples written with `sample.verify=false` carry no verdict: the stage refuses them
+(a one-line error) and leaves its previous output as it was. The selection and weight math is
+hsdpo.pairs (pure Python); this module reads, groups and writes. Samples are grouped in the
+driver: one row a sample is a few KB, so a few million samples fit in memory.
 """
 
 from __future__ import annotations
@@ -20,11 +24,11 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from typing import Any
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import InputError, PipelineConfig
 from hsdpo.pairs import NO_PAIR_REASONS, Pair, normalise_pairs, select_pairs, weight_stats
 from hsdpo.plan import plan
 from hsdpo.rundir import RunDir, StageResult, join
-from hsdpo.stage import log, read_rows, run_stage, write_rows
+from hsdpo.stage import log, read_rows, run_stage, write_rejects, write_rows
 
 KINDS = ("hard", "easy", "gold")
 
@@ -48,20 +52,31 @@ def pair_row(pair_id: str, p: Pair, verdict_columns: list[str]) -> dict[str, Any
     return row
 
 
-def _build(cfg: PipelineConfig, out: str) -> StageResult:
+def verified_samples(cfg: PipelineConfig) -> list[dict[str, Any]]:
+    """The samples, refused on one line when they carry no verdict (`sample.verify=false`)."""
+    samples = read_rows(RunDir(cfg.run_dir).path(cfg.sample.output))
+    if samples and all(r.get("correct") is None for r in samples):
+        raise InputError(f"pairs: the samples in {cfg.sample.output}/ were not verified (no verdict columns); "
+                         "sample them again with sample.verify=true")
+    return samples
+
+
+def _build(cfg: PipelineConfig, out: str, samples: list[dict[str, Any]]) -> StageResult:
     from hsdpo.verifier.batch import VERDICT_COLUMNS
 
-    samples = read_rows(RunDir(cfg.run_dir).path(cfg.sample.output))
     groups = group_by_problem(samples)
     log(f"pairs: {len(samples)} samples of {len(groups)} problems, negatives={cfg.pairs.negatives}, "
         f"weighting={cfg.pairs.weighting}")
     pairs: list[Pair] = []
     no_pair: Counter = Counter()
+    rejects: list[dict[str, Any]] = []
     for pid, rows in groups.items():
         got = select_pairs(rows[0], rows, cfg.pairs, seed=cfg.seed)
         if got.reason:
             no_pair[got.reason] += 1
         pairs += got.pairs
+        rejects += [{"reason": why, "row": f"{pid}/{r.get('sample_id')}", "source": str(r.get("source") or "")}
+                    for r, why in got.excluded]
     raw = [p.weight for p in pairs]
     normalise_pairs(pairs)
     counts: Counter = Counter()
@@ -77,8 +92,15 @@ def _build(cfg: PipelineConfig, out: str) -> StageResult:
             "pairs: rejected cut at first error": sum(p.rejected_cut for p in pairs),
             **{f"no_pair: {r}": no_pair[r] for r in NO_PAIR_REASONS},
             **{f"pairs: {k}": kinds[k] for k in KINDS}}
-    return StageResult(stage="pairs", output=cfg.pairs.output, path=out, rows=rows, metrics=weight_stats(pairs))
+    return StageResult(stage="pairs", output=cfg.pairs.output, path=out, rows=rows,
+                       rejects=write_rejects(out, rejects), metrics=weight_stats(pairs))
 
 
 def run_pairs(cfg: PipelineConfig, force: bool = False) -> StageResult:
-    return run_stage(cfg, plan(cfg, "pairs"), body=lambda out: _build(cfg, out), force=force)
+    samples: list[dict[str, Any]] = []  # by the preflight: unverified samples leave the old pairs as they were
+
+    def preflight() -> None:
+        samples.extend(verified_samples(cfg))
+
+    return run_stage(cfg, plan(cfg, "pairs"), body=lambda out: _build(cfg, out, samples), force=force,
+                     preflight=preflight)

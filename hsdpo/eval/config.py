@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from pydantic import Field, field_validator
 
 from hsdpo.configbase import StrictModel
@@ -17,8 +19,9 @@ class EvalConfig(StrictModel):
     limit: int | None = Field(None, ge=1, description="evaluate at most this many problems")
     max_new_tokens: int = Field(256, ge=1, description="generation budget of one solution")
     n: int = Field(0, ge=0, description="extra sampled solutions per problem for pass@k / majority vote (0 = greedy only)")
-    temperature: float = Field(1.0, ge=0.0, description="temperature of the n-sample pass")
-    pass_k: list[int] = Field(default_factory=lambda: [1, 4, 8], description="k of pass@k reported (k <= n)")
+    temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="temperature of the n-sample pass")
+    pass_k: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 4, 8], description="k of pass@k reported (1 <= k <= n)")
     near_miss_ref: str | None = Field(
         "sft", description="model whose wrong answers define the near-miss subset (hard negatives); None = no subset"
     )

@@ -8,6 +8,7 @@ Each model of `eval.models` (name -> run-dir stage folder such as `sft` / `weigh
 path / hub id) decodes every problem of `eval.split` greedily, plus `eval.n` samples at
 `eval.temperature` when n > 0, through the same sampling pipeline (Ray Data, HF or vLLM backend)
 and MathVerifier as the `sample` stage, so eval and training-time verdicts cannot drift apart.
+Eval always verifies (`sample.verify=false` only affects the `sample` stage).
 
 Output `<run_dir>/<eval.output>/`:
 - `samples/<name>/{greedy,sampled}/*.parquet`: every solution with its verdict columns;
@@ -34,12 +35,13 @@ MAX_NEGATIVES_PLOTTED = 5000
 
 def _decode(cfg: PipelineConfig, problems: list[dict], model_path: str, out_dir: str, *, n: int,
             temperature: float, seed: int) -> tuple[list[dict], dict[str, Any]]:
-    """Sample + verify through the shared pipeline; returns the verdict rows and its stats."""
+    """Sample + verify through the shared pipeline; returns the verdict rows and its stats. Always
+    verified, whatever `sample.verify` says: unverified rows would score as all wrong."""
     from hsdpo.sampling.pipeline import sample_and_verify
 
     sample_cfg = cfg.sample.model_copy(update={"max_new_tokens": cfg.eval.max_new_tokens})
     stats = sample_and_verify(problems, model_path, out_dir, sample_cfg, cfg.verifier, cfg.model.prompt_template,
-                              n=n, temperature=temperature, seed=seed)
+                              n=n, temperature=temperature, seed=seed, verify=True)
     return read_rows(out_dir), dict(stats or {})
 
 
@@ -167,7 +169,7 @@ def run_eval(cfg: PipelineConfig, force: bool = False) -> StageResult:
 
     def preflight() -> None:
         paths.update(model_paths(cfg))
-        check_pools(cfg, stage="eval")
+        check_pools(cfg, stage="eval", verify=True)
 
     return run_stage(cfg, plan(cfg, "eval"), body=lambda out: _build(cfg, out, paths), force=force,
                      preflight=preflight)

@@ -31,9 +31,9 @@ class SampleConfig(StrictModel):
     model_from: str = Field("sft", description="run-dir stage folder or model path sampled from")
     backend: Literal["hf", "vllm"] = Field("hf", description="hf (CPU/GPU, dev) or vllm (GPU, production)")
     split: str = Field("train", description="problems/ split sampled")
-    limit: int | None = Field(None, description="sample at most this many problems")
+    limit: int | None = Field(None, ge=1, description="sample at most this many problems (None = all)")
     n: int = Field(8, ge=1, description="samples per problem")
-    temperature: float = Field(1.0, ge=0.0, description="sampling temperature; 0 = greedy")
+    temperature: float = Field(1.0, ge=0.0, allow_inf_nan=False, description="sampling temperature; 0 = greedy")
     top_p: float = Field(1.0, gt=0.0, le=1.0, description="nucleus sampling mass")
     max_new_tokens: int = Field(256, ge=1, description="generated tokens per sample at most")
     stop_strings: list[str] = Field(default_factory=lambda: list(STOP_STRINGS),

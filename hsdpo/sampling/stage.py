@@ -61,19 +61,21 @@ def run_sample(cfg: PipelineConfig, force: bool = False) -> StageResult:
                      force=force, preflight=preflight)
 
 
-def check_pools(cfg: PipelineConfig, stage: str = "sample") -> None:
+def check_pools(cfg: PipelineConfig, stage: str = "sample", verify: bool | None = None) -> None:
     """The sampler and verifier actor pools each fit a local Ray (Ray Data would wait forever for an
-    actor no node can hold); also what `eval` runs."""
+    actor no node can hold); also what `eval` runs. `verify`: whether the verifier pool runs
+    (None = `sample.verify`)."""
     from hsdpo.rayutil import init_ray, local_shortfall, pool_bounds
 
     s = cfg.sample
+    verify = s.verify if verify is None else verify
     init_ray(cfg.ray)
     pools = [("verifier", pool_bounds(s.verify_concurrency)[0], {"CPU": s.verify_num_cpus}, "sample.verify_concurrency, sample.verify_num_cpus")]
     if s.backend == "hf":
         pools.insert(0, ("sampler", pool_bounds(s.concurrency)[0], {"CPU": s.num_cpus, "GPU": s.num_gpus},
                          "sample.concurrency, sample.num_cpus, sample.num_gpus"))
     for name, n, each, knobs in pools:
-        if name == "verifier" and not s.verify:
+        if name == "verifier" and not verify:
             continue
         short = local_shortfall({res: n * v for res, v in each.items()})
         if short:

@@ -114,7 +114,7 @@ def to_sample_columns(batch: dict[str, np.ndarray], max_tokens: int, columns: li
     texts = batch.get("generated_text", np.array([""] * n, dtype=object))
     counts = np.asarray(batch.get("num_generated_tokens", np.zeros(n)), dtype=np.int64)
     out = {c: batch[c] for c in columns}
-    out["completion"] = np.array(["" if e else str(t) for t, e in zip(texts, errors)], dtype=object)
+    out["completion"] = np.array(["" if e or t is None else str(t) for t, e in zip(texts, errors)], dtype=object)
     out["finish_reason"] = np.array(["error" if e else ("length" if k >= max_tokens else "stop")
                                      for k, e in zip(counts, errors)], dtype=object)
     out["num_tokens"] = np.where([bool(e) for e in errors], 0, counts).astype(np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from hsdpo.config import ConfigError, config_from_dict
 from hsdpo.eval.metrics import (
     error_profile,
     format_comparison,
@@ -119,6 +120,14 @@ def test_pass_at_k(n, c, k, expected):
 def test_pass_at_k_needs_k_samples():
     with pytest.raises(ValueError):
         pass_at_k(2, 1, 4)
+
+
+@pytest.mark.parametrize("overrides", [["eval.pass_k=[-1]"], ["eval.pass_k=[1, 0]"], ["eval.temperature=inf"]])
+def test_bad_eval_settings_are_one_line_config_errors(overrides):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"eval": {"n": 4}}, overrides)
+    assert " at eval." in str(err.value) and "\n" not in str(err.value)
+    assert config_from_dict({}, ["eval.pass_k=[1, 4]"]).eval.pass_k == [1, 4]
 
 
 @pytest.mark.parametrize(

@@ -115,6 +115,20 @@ def test_eval_stage_skips_when_current_and_reruns_when_a_model_changes(run_cfg):
     assert not eval_stage.run_eval(run_cfg).skipped
 
 
+def test_eval_verifies_even_when_the_sample_stage_does_not(tmp_path, monkeypatch):
+    calls = []
+
+    def record(problems, model_path, out_dir, sample_cfg, verifier_cfg, template, *, n, temperature, seed, verify=None):
+        calls.append(verify)
+        write_rows([verdict("p0", True, False)], out_dir + "/part-0.parquet")
+        return {}
+
+    monkeypatch.setattr("hsdpo.sampling.pipeline.sample_and_verify", record)
+    cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "sample": {"verify": False}})
+    rows, _ = eval_stage._decode(cfg, [{"problem_id": "p0"}], "m", str(tmp_path / "out"), n=1, temperature=0.0, seed=0)
+    assert calls == [True] and rows[0]["correct"] is True
+
+
 def test_margin_series_finds_the_margin_key():
     lines = [{"step": 1, "loss": 0.7, "rewards/margins": 0.1}, {"loss": 0.6}, {"step": 3, "margin": 0.4}]
     assert eval_stage.margin_series(lines) == [(1, 0.1), (3, 0.4)]

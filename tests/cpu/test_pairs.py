@@ -4,11 +4,12 @@ the `pairs` stage on a hand-made samples table (no model, no Ray)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from hsdpo.config import config_from_dict
+from hsdpo.config import ConfigError, InputError, config_from_dict
 from hsdpo.pairs import PairsConfig, first_error_cut, normalise, raw_weight, select_pairs
 from hsdpo.pairs_stage import run_pairs
 from hsdpo.rundir import RunDir, StageResult
@@ -49,6 +50,24 @@ CASES = [
     ("errored rows are unusable", [s(0, True, error="boom"), s(1, False, error="boom")], CFG, [], "no_usable_samples"),
     ("an errored correct row is not chosen",
      [s(0, True, error="gen failed"), s(1, False)], CFG, [(-1, 1, "gold")], None),
+    ("a verifier-error row is no negative",
+     [s(0, True), {**s(1, False, wrong=0.1), "flags": "verifier_error"}, s(2, False, wrong=0.9)], CFG,
+     [(0, 2, "easy")], None),
+    ("an undecided symbolic check is no negative",
+     [s(0, True), {**s(1, False), "flags": "symbolic_timeout"}], CFG, [], "all_correct"),
+    ("a non-finite score is no negative",
+     [s(0, True), s(1, False, absurd=math.nan, hard=True), s(2, False, numeric=math.inf), s(3, False)], CFG,
+     [(0, 3, "easy")], None),
+    ("a non-finite wrongness is not chosen",
+     [{**s(0, True), "wrongness": math.nan}, s(1, False)], CFG, [(-1, 1, "gold")], None),
+    ("a negative with the chosen text is skipped",
+     [s(0, True, "same"), s(1, False, "same \n", wrong=0.1), s(2, False)], CFG, [(0, 2, "easy")], None),
+    ("a negative with the gold text is skipped",
+     [s(0, False, "gold steps\n#### 4"), s(1, False)], CFG, [(-1, 1, "gold")], None),
+    ("every negative is the chosen text",
+     [s(0, True, "same"), s(1, False, "same")], CFG, [], "no_distinct_negative"),
+    ("unverified rows are unusable",
+     [{k: v for k, v in s(0, True).items() if k != "correct"}], CFG, [], "no_usable_samples"),
 ]
 
 
@@ -57,6 +76,19 @@ def test_select_pairs(case, samples, cfg, expected, reason):
     got = select_pairs(samples[0], samples, cfg)
     assert [(p.chosen["sample_id"], p.rejected["sample_id"], p.kind) for p in got.pairs] == expected
     assert got.reason == reason
+
+
+def test_excluded_samples_carry_their_reason():
+    samples = [s(0, True, "same"), s(1, False, error="gen failed"), {**s(2, False), "flags": "timeout,verifier_error"},
+               {**s(3, False), "flags": ["symbolic_error"]}, {**s(4, False), "completion": "  "},
+               {k: v for k, v in s(5, False).items() if k != "correct"}, s(6, False, absurd=math.nan),
+               {**s(7, False), "err_numeric": None}, s(8, False, "same"), s(9, False)]
+    got = select_pairs(samples[0], samples, CFG)
+    assert [(p.chosen["sample_id"], p.rejected["sample_id"]) for p in got.pairs] == [(0, 9)]
+    assert [(r["sample_id"], why) for r, why in got.excluded] == [
+        (1, "error"), (2, "verifier_error"), (3, "verifier_undecided"), (4, "empty_completion"), (5, "not_verified"),
+        (6, "non_finite_score"), (7, "non_finite_score"), (8, "same_as_chosen")]
+    assert select_pairs(samples[0], samples[1:3], CFG).excluded == [(samples[1], "error"), (samples[2], "verifier_error")]
 
 
 def test_gold_chosen_is_the_gold_solution():
@@ -81,6 +113,21 @@ WEIGHTS = [
 def test_raw_weight(overrides, absurdity, numeric, expected):
     cfg = PairsConfig(**overrides)
     assert raw_weight({"absurdity": absurdity, "err_numeric": numeric}, cfg) == pytest.approx(expected)
+
+
+def test_raw_weight_refuses_a_non_finite_score():
+    for absurdity, numeric in ((math.nan, 0.0), (0.0, math.nan), (math.inf, 0.0)):
+        with pytest.raises(ValueError, match="non-finite"):
+            raw_weight({"absurdity": absurdity, "err_numeric": numeric}, PairsConfig())
+    assert raw_weight({"absurdity": math.nan, "err_numeric": 0.0}, PairsConfig(weighting="uniform")) == 1.0
+
+
+@pytest.mark.parametrize("key", ["lam", "w_min", "w_max"])
+@pytest.mark.parametrize("value", [math.inf, math.nan])
+def test_non_finite_weight_settings_are_config_errors(key, value):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({"pairs": {key: value}})
+    assert f"pairs.{key}" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_normalise_to_mean_one():
@@ -200,6 +247,39 @@ def test_pairs_stage_first_error_span(tmp_path):
     assert hard["rejected_full"] == "27-5 = <<27-5=23>>23\n#### 23"
     assert got[("a", "easy")]["rejected_cut"] is False and got[("a", "easy")]["rejected"] == "sol 2"
     assert result.rows["pairs: rejected cut at first error"] == 1
+
+
+def test_pairs_stage_counts_excluded_samples_as_rejects(tmp_path):
+    cfg = _stage_cfg(tmp_path)
+    rows = read_rows(cfg.run_dir + "/samples")
+    rows += [{**s(0, True, "same"), "problem_id": "d"}, {**s(1, False, "same"), "problem_id": "d"},
+             {**s(2, False), "problem_id": "d", "flags": "verifier_error"},
+             {**s(3, False), "problem_id": "d", "completion": ""}, {**s(4, False, absurd=math.nan), "problem_id": "d"}]
+    write_rows(rows, cfg.run_dir + "/samples/part-0.parquet")
+    result = run_pairs(cfg)
+    assert [(r["problem_id"], r["rejected_sample_id"]) for r in read_rows(result.path)] == [("a", 1), ("a", 2), ("b", 0)]
+    assert result.rows["no_pair: no_distinct_negative"] == 1
+    expected = {"same_as_chosen": 1, "verifier_error": 1, "empty_completion": 1, "non_finite_score": 1}
+    assert result.rejects == expected
+    manifest = json.loads((Path(result.path) / "_manifest.json").read_text())
+    assert manifest["rejects"] == expected
+    rejects = read_rows(str(Path(result.path) / "_rejects"))
+    assert sorted((r["row"], r["reason"]) for r in rejects) == [
+        ("d/1", "same_as_chosen"), ("d/2", "verifier_error"), ("d/3", "empty_completion"), ("d/4", "non_finite_score")]
+
+
+def test_pairs_stage_refuses_unverified_samples_and_keeps_its_output(tmp_path):
+    cfg = _stage_cfg(tmp_path)
+    first = run_pairs(cfg)
+    verdicts = {"correct", "wrongness", "absurdity", "err_numeric", "hard_negative", "pred_answer", "flags",
+                "first_error_step", "num_steps"}
+    rows = [{k: v for k, v in r.items() if k not in verdicts} for r in read_rows(cfg.run_dir + "/samples")]
+    write_rows(rows, cfg.run_dir + "/samples/part-0.parquet")
+    with pytest.raises(InputError) as err:
+        run_pairs(cfg, force=True)
+    msg = str(err.value)
+    assert "not verified" in msg and "sample.verify=true" in msg and "\n" not in msg
+    assert len(read_rows(first.path)) == 3 and (Path(first.path) / "_manifest.json").exists()
 
 
 def test_pairs_stage_uniform_weights_are_all_one(tmp_path):

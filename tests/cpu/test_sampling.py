@@ -192,6 +192,16 @@ def test_vllm_output_maps_to_the_samples_schema():
     assert set(out) == {"problem_id", "prompt", "completion", "finish_reason", "num_tokens", "error"}
     assert list(out["finish_reason"]) == ["stop", "length", "error"]
     assert list(out["num_tokens"]) == [5, 8, 0] and out["error"][2] == "CUDA error"
+    batch["generated_text"] = np.array(["x #### 1", None, None], dtype=object)  # no text: an empty completion
+    assert list(to_sample_columns(batch, max_tokens=8, columns=["problem_id"])["completion"]) == ["x #### 1", "", ""]
+
+
+@pytest.mark.parametrize("overrides", [["sample.limit=-1"], ["sample.limit=0"], ["sample.temperature=inf"]])
+def test_bad_sample_settings_are_one_line_config_errors(overrides):
+    with pytest.raises(ConfigError) as err:
+        config_from_dict({}, overrides)
+    assert " at sample." in str(err.value) and "\n" not in str(err.value)
+    assert config_from_dict({}).sample.limit is None and config_from_dict({}, ["sample.limit=3"]).sample.limit == 3
 
 
 def test_vllm_processor_builds_from_our_config_with_rays_llm_api(ray_local, tiny_model_dir):
