@@ -51,7 +51,7 @@ def split_heldout(kind: str, t: TrainConfig, rows: list[dict[str, Any]]) -> tupl
     so a problem's rows, and its other pairs, never sit on both sides."""
     if not t.eval_fraction:
         return rows, []
-    keys = [str(r.get("problem_id", r.get("pair_id"))) for r in rows]
+    keys = [str(r["problem_id"] if r.get("problem_id") is not None else r.get("pair_id")) for r in rows]
     held = {k for k in set(keys)
             if int.from_bytes(hashlib.sha256(k.encode()).digest()[:8], "big") / 2**64 < t.eval_fraction}
     train = [r for r, k in zip(rows, keys) if k not in held]

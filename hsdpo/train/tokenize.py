@@ -5,6 +5,7 @@ error: it is a prefix, see hsdpo.pairs), prompt and completion tokenised separat
 concatenated (no merge across the boundary; TRL does the same). Loss and log-probs cover the
 completion tokens (and eos) only. An example longer than `max_length` is truncated: the prompt keeps
 at most its last `max_length // 2` tokens, the completion is cut on the right; `truncated` counts it.
+Where one side of a pair must cut the prompt, the other side cuts it too (`encode_pairs`).
 `encode_batch` is that rule for a batch of examples (one tokenizer call for its prompts, one for its
 completions), and the only one: the trainer's table (`tokenize_rows`, made once by Ray
 Data tasks before training starts, see launch.py) and the reference stage all go through it, so
@@ -98,16 +99,32 @@ def encode_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence[s
     is a prefix (a rejected sample cut at its first error)."""
     n = len(prompts)
     eos = [eos] * n if isinstance(eos, bool) else list(eos)
-    ps = tokenizer(list(prompts), add_special_tokens=False)["input_ids"] if n else []
-    cs = tokenizer(list(completions), add_special_tokens=False)["input_ids"] if n else []
+    return _join(_tokens(tokenizer, prompts), _with_eos(tokenizer, _tokens(tokenizer, completions), eos), max_length)
+
+
+def _tokens(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
+
+
+def _with_eos(tokenizer: Any, completions: list[list[int]], eos: Sequence[bool]) -> list[list[int]]:
+    return [c + [tokenizer.eos_token_id] if e else c for c, e in zip(completions, eos)]
+
+
+def _join(ps: list[list[int]], cs: list[list[int]], max_length: int,
+          cut_prompt: Sequence[bool] | None = None) -> Sequences:
+    """Token lists joined and truncated (module docstring); `cut_prompt[i]` cuts example i's prompt
+    as a truncated example's is cut even where its own completion fits (the other side of a pair
+    that needs it: both sides then see one prompt)."""
+    n = len(ps)
     seqs, prompt_len, truncated = [], np.zeros(n, np.int64), np.zeros(n, bool)
-    for i, (p, c, e) in enumerate(zip(ps, cs, eos)):
-        if e:
-            c = c + [tokenizer.eos_token_id]
+    for i, (p, c) in enumerate(zip(ps, cs)):
+        if len(p) + len(c) > max_length or (cut_prompt is not None and cut_prompt[i]):
+            p = p[-(max_length // 2):] if len(p) > max_length // 2 else p
         if len(p) + len(c) > max_length:
             truncated[i] = True
-            p = p[-(max_length // 2):] if len(p) > max_length // 2 else p
             c = c[: max_length - len(p)]
+        elif len(p) < len(ps[i]):
+            truncated[i] = True  # its prompt was cut for the other side
         seqs.append(p + c)
         prompt_len[i] = len(p)
     offsets = np.zeros(n + 1, np.int64)
@@ -246,10 +263,15 @@ def pair_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -
 
 
 def encode_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> tuple[Sequences, Sequences]:
-    prompts = [r["prompt"] for r in rows]
-    return (encode_batch(tokenizer, prompts, [r["chosen"] for r in rows], max_length),
-            encode_batch(tokenizer, prompts, [r["rejected"] for r in rows], max_length,
-                         eos=[not flag(r.get("rejected_cut")) for r in rows]))
+    """(chosen, rejected) of each pair, truncated as `encode_batch` does, except that a pair whose one
+    side must cut the prompt cuts it on both: the two log-probs then condition on the same prompt
+    (cut apart, a long chosen and a short rejected would be compared under different contexts)."""
+    ps = _tokens(tokenizer, [r["prompt"] for r in rows])
+    chosen = _with_eos(tokenizer, _tokens(tokenizer, [r["chosen"] for r in rows]), [True] * len(rows))
+    rejected = _with_eos(tokenizer, _tokens(tokenizer, [r["rejected"] for r in rows]),
+                         [not flag(r.get("rejected_cut")) for r in rows])
+    cut = [len(p) + max(len(c), len(r)) > max_length for p, c, r in zip(ps, chosen, rejected)]
+    return _join(ps, chosen, max_length, cut), _join(ps, rejected, max_length, cut)
 
 
 # what tokenize_rows reads of a row (besides `_idx`)

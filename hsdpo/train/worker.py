@@ -425,6 +425,7 @@ def build_and_resume(spec: dict[str, Any], t: TrainConfig, model, rows_per_forwa
             d = u
         engine = strategy.initialize(policy, t, rows_per_forward, accum, universal=universal)
         state = strategy.load_checkpoint(engine, d)
+    strategy.take_skipped_steps(engine)  # the restored count was logged before the checkpoint
     if strategy.rank() == 0:
         say(f"resumed at step {state['step']} (checkpoint from {state['world']} workers)")
     return engine, int(state["step"]), list(state.get("history", []))

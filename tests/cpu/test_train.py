@@ -118,6 +118,18 @@ def test_masking_and_truncation(tiny_model_dir):
     assert b.scored.tolist() == expect
     long = encode("Question: " + "x " * 100, "y " * 100, max_length=32)
     assert long.truncated and len(long.input_ids) == 32 and long.prompt_len == 16
+    # a pair: the long chosen cuts the prompt, and the short rejected sees the same cut prompt
+    from hsdpo.train.tokenize import encode_pairs
+
+    rows = [{"prompt": "Question: " + "x " * 20, "chosen": "y " * 30, "rejected": "#### 9"},
+            {"prompt": "Q: 1+1?", "chosen": "#### 2", "rejected": "#### 3"}]
+    chosen, rejected = encode_pairs(tok, rows, 32)
+    assert chosen.prompt_len[0] == rejected.prompt_len[0] == 16 and chosen.truncated[0] and rejected.truncated[0]
+    assert chosen[0].input_ids[:16] == rejected[0].input_ids[:16]
+    alone = encode(rows[0]["prompt"], rows[0]["rejected"], 32)  # on its own it would keep the whole prompt
+    assert not alone.truncated and alone.prompt_len > 16
+    assert rejected[1].input_ids == encode(rows[1]["prompt"], rows[1]["rejected"], 32).input_ids
+    assert not chosen.truncated[1] and not rejected.truncated[1]
 
 
 def test_batches_from_the_flat_table_are_the_examples_right_padded(tiny_model_dir):
@@ -233,6 +245,9 @@ def test_the_held_out_split_is_by_problem_stable_and_refuses_an_empty_side():
     assert split_heldout("dpo", DPOConfig(), rows) == (rows, [])
     no_problem = [{"pair_id": f"p{i}"} for i in range(200)]  # external pairs: by pair_id
     assert 0 < len(split_heldout("dpo", DPOConfig(eval_fraction=0.5), no_problem)[1]) < 200
+    null_problem = [{"problem_id": None, **r} for r in no_problem]  # a null column (parquet): by pair_id too
+    assert split_heldout("dpo", DPOConfig(eval_fraction=0.5), null_problem)[1] == [
+        {"problem_id": None, **r} for r in split_heldout("dpo", DPOConfig(eval_fraction=0.5), no_problem)[1]]
     with pytest.raises(InputError, match=r"^dpo.eval_fraction 0.01 holds out no problem of 2; raise it or set it to 0$"):
         split_heldout("dpo", DPOConfig(eval_fraction=0.01), rows[:6])
     with pytest.raises(InputError, match=r"^sft.eval_fraction 0.999 holds out every problem of 1; lower it"):
