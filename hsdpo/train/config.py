@@ -66,6 +66,10 @@ class TrainConfig(StrictModel):
                     " bucket sizes); keys set from our own fields (batch sizes, clipping, bf16.enabled, optimizer, ZeRO stage"
                     " and offload) are refused",
     )
+    packing: bool = Field(False, description="lay a micro-batch's examples end to end in rows of max_length"
+                          " tokens (balanced), each attending to itself only, instead of one padded row"
+                          " each: the same examples and gradient, fewer tokens computed where lengths vary"
+                          " (docs/training.md)")
     attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")
     logp_chunk: int = Field(128, ge=1, description="positions per sequence in a chunk of the LM head and log-softmax (chunk x batch scored rows; never full [B,T,V] fp32 logits)")
     logp_recompute: bool = Field(True, description="recompute each LM-head chunk in backward, keeping one chunk's logits at a time; false keeps every chunk's log-softmax for backward (faster, about 4 bytes x scored positions x vocab more memory)")

@@ -139,9 +139,25 @@ class Batch:
     attention_mask: torch.Tensor  # [B, T] 1 on real tokens
     loss_mask: torch.Tensor  # [B, T] 1 on completion tokens (the labels), aligned with input_ids
     scored: torch.Tensor  # [M] flat positions b*T + t whose next token is scored (loss_mask[b, t+1] = 1)
+    # packed (`collate_rows(pack=...)`): several examples a row, each with positions from 0
+    position_ids: torch.Tensor | None = None  # [B, T]; the padding after a row's last example counts from 0 too
+    owner: torch.Tensor | None = None  # [M] the example each scored position belongs to
+    counts: torch.Tensor | None = None  # [N] scored positions an example (its completion tokens)
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(to_device(t, device) for t in (self.input_ids, self.attention_mask, self.loss_mask, self.scored)))
+        return Batch(*(None if t is None else to_device(t, device) for t in self.tensors()))
+
+    def tensors(self) -> tuple[torch.Tensor | None, ...]:
+        return (self.input_ids, self.attention_mask, self.loss_mask, self.scored, self.position_ids, self.owner,
+                self.counts)
+
+    def logp_args(self) -> tuple[torch.Tensor | None, ...]:
+        """The arguments of `LogpModel.forward` / `sequence_logps` after the model."""
+        return (self.input_ids, self.loss_mask, self.scored, self.position_ids, self.owner, self.counts)
+
+    @property
+    def examples(self) -> int:
+        return self.input_ids.shape[0] if self.counts is None else self.counts.shape[0]
 
 
 def to_device(t: torch.Tensor, device: torch.device | str) -> torch.Tensor:
@@ -172,25 +188,87 @@ def collate(examples: list[Encoded], pad_id: int, pad_to: int | None = None) -> 
     return collate_rows([(seqs, np.arange(len(examples)))], pad_id, pad_to)
 
 
-def collate_rows(parts: list[tuple[Sequences, np.ndarray]], pad_id: int, pad_to: int | None = None) -> Batch:
+def collate_rows(parts: list[tuple[Sequences, np.ndarray]], pad_id: int, pad_to: int | None = None,
+                 pack: int | None = None) -> Batch:
     """Rows `idx` of each `(table, idx)` in `parts`, in that order, as one right-padded batch: a few
     array operations a table over its flat token array, where a row at a time through Python lists
-    took 3-6x the host time of every micro-step's batch (benchmarks/collate.py)."""
+    took 3-6x the host time of every micro-step's batch (benchmarks/collate.py).
+
+    `pack` (a row capacity in tokens, e.g. max_length): the examples are laid end to end instead,
+    in the rows `pack_layout` balances, each example with positions from 0,
+    so the decoder attends within an example only (transformers builds the block-diagonal causal
+    mask from the position ids). Example order is kept for the log-probs (`Batch.owner`)."""
     parts = [(s, np.asarray(i, np.int64)) for s, i in parts]
     lengths = np.concatenate([s.offsets[i + 1] - s.offsets[i] for s, i in parts])
     prompt = np.concatenate([s.prompt_len[i] for s, i in parts])
-    width = max(int(lengths.max(initial=0)), pad_to or 0)
-    ids = np.full((len(lengths), width), pad_id, np.int64)
-    row0 = 0
+    if pack is not None:
+        row, start = pack_layout(lengths, pack)
+        fill = np.zeros(int(row.max(initial=-1)) + 1, np.int64)
+        np.maximum.at(fill, row, start + lengths)
+    else:
+        row, start, fill = np.arange(len(lengths)), np.zeros(len(lengths), np.int64), lengths
+    width = max(int(fill.max(initial=0)), pad_to or 0)
+    ids = np.full((len(fill), width), pad_id, np.int64)
+    e0 = 0
     for s, i in parts:
         n = s.offsets[i + 1] - s.offsets[i]
-        col = np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)  # each token's place in its row
-        ids[np.repeat(np.arange(row0, row0 + len(i)), n), col] = s.ids[np.repeat(s.offsets[i], n) + col]
-        row0 += len(i)
+        within = _ranges(n)  # each token's place in its example
+        rows, starts = row[e0:e0 + len(i)], start[e0:e0 + len(i)]
+        ids[np.repeat(rows, n), np.repeat(starts, n) + within] = s.ids[np.repeat(s.offsets[i], n) + within]
+        e0 += len(i)
     cols = np.arange(width)
-    attn = torch.from_numpy((cols < lengths[:, None]).astype(np.int64))
-    mask = torch.from_numpy(((cols >= prompt[:, None]) & (cols < lengths[:, None])).astype(np.int64))
-    return Batch(torch.from_numpy(ids), attn, mask, scored_positions(mask))
+    attn = torch.from_numpy((cols < fill[:, None]).astype(np.int64))
+    if pack is None:
+        mask = torch.from_numpy(((cols >= prompt[:, None]) & (cols < lengths[:, None])).astype(np.int64))
+        return Batch(torch.from_numpy(ids), attn, mask, scored_positions(mask))
+    # example e covers row[e], columns [start, start + length); its completion from start + prompt on
+    tok_row, within = np.repeat(row, lengths), _ranges(lengths)
+    tok_col = np.repeat(start, lengths) + within
+    mask = np.zeros((len(fill), width), np.int64)
+    mask[tok_row, tok_col] = within >= np.repeat(prompt, lengths)
+    pos = cols - fill[:, None]  # the padding after a row's last example: 0, 1, ... (a segment of its own)
+    pos[tok_row, tok_col] = within
+    # scored: t in [max(prompt, 1) - 1, length - 2] of each example, as `scored_positions` on its own row
+    first = np.maximum(prompt, 1) - 1
+    counts = np.maximum(lengths - 1 - first, 0)
+    scored = np.repeat(row * width + start + first, counts) + _ranges(counts)
+    return Batch(torch.from_numpy(ids), attn, torch.from_numpy(mask), torch.from_numpy(scored),
+                 torch.from_numpy(pos), torch.from_numpy(np.repeat(np.arange(len(lengths)), counts)),
+                 torch.from_numpy(counts))
+
+
+def _ranges(n: np.ndarray) -> np.ndarray:
+    """0..n[0]-1, 0..n[1]-1, ... concatenated."""
+    return np.arange(int(n.sum())) - np.repeat(np.cumsum(n) - n, n)
+
+
+def pack_layout(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row, start column) of each example: the examples in R rows, longest first into the least
+    filled row (LPT), for the R that computes the fewest tokens (R x the fullest row) with no row
+    over `capacity` (or over the longest example, where that is longer). Ties go to the first row,
+    so a layout is the same on every rank and every run."""
+    import heapq
+
+    lengths = np.asarray(lengths, np.int64)
+    order = np.argsort(-lengths, kind="stable")
+    total, longest = int(lengths.sum()), int(lengths.max(initial=0))
+    limit = max(capacity, longest)
+    best: tuple[int, np.ndarray, np.ndarray] | None = None
+    for rows in range(max(1, -(-total // limit)), len(lengths) + 1):
+        if best is not None and rows * longest >= best[0]:
+            break  # no layout of more rows computes fewer tokens
+        heap = [(0, r) for r in range(rows)]  # (fill, row): the least filled row, the first of equals
+        row, start = np.zeros(len(lengths), np.int64), np.zeros(len(lengths), np.int64)
+        for e in order:
+            fill, r = heapq.heappop(heap)
+            row[e], start[e] = r, fill
+            heapq.heappush(heap, (fill + int(lengths[e]), r))
+        width = max(f for f, _ in heap)
+        if width <= limit and (best is None or rows * width < best[0]):
+            best = (rows * width, row, start)
+    if best is None:  # no examples
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return best[1], best[2]
 
 
 def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -199,17 +277,20 @@ def _chunk_logps(lm_head: torch.nn.Module, hidden: torch.Tensor, targets: torch.
 
 
 def scored_logps(decoder: torch.nn.Module, lm_head: torch.nn.Module, input_ids: torch.Tensor,
-                 scored: torch.Tensor, chunk: int, chunk_fn=_chunk_logps, recompute: bool = True) -> torch.Tensor:
+                 scored: torch.Tensor, chunk: int, chunk_fn=_chunk_logps, recompute: bool = True,
+                 position_ids: torch.Tensor | None = None, sequences: int | None = None) -> torch.Tensor:
     """Log-prob of the next token at each position of `scored` (flat b*T + t), `[M]` fp32. Chunks hold
     `chunk` positions per sequence on average (chunk x B rows), the memory bound of a position chunk
-    over the whole batch. `chunk_fn` may be `_chunk_logps` compiled: one kernel reads a chunk's bf16
+    over the whole batch (`sequences` of them; default one a row). `chunk_fn` may be `_chunk_logps` compiled: one kernel reads a chunk's bf16
     logits once for the upcast, log-softmax and gather, where eager writes and re-reads fp32 copies.
     With `recompute`, a chunk's forward runs again in backward (activation checkpointing), so only one
     chunk's logits live at a time; without, autograd keeps every chunk's log-softmax."""
-    hidden = decoder(input_ids=input_ids).last_hidden_state  # [B, T, H]; right padding needs no mask (module doc)
+    # right padding needs no mask (module doc); packed rows get theirs from the position ids (no KV cache:
+    # transformers reads packing from the positions only without one, and a scoring pass never needs it)
+    hidden = decoder(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state  # [B, T, H]
     h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, scored)  # [M, H]
     targets = input_ids.reshape(-1).index_select(0, scored + 1)  # [M]: t+1 stays in row b (t < T-1)
-    rows = max(1, chunk * input_ids.shape[0])
+    rows = max(1, chunk * (input_ids.shape[0] if sequences is None else sequences))
     pieces = []
     for s in range(0, h.shape[0], rows):
         hc, tc = h[s:s + rows], targets[s:s + rows]
@@ -227,17 +308,22 @@ def split_model(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Modul
 
 
 def sequence_logps(model: torch.nn.Module, input_ids: torch.Tensor, loss_mask: torch.Tensor, chunk: int = 128,
-                   chunk_fn=_chunk_logps, scored: torch.Tensor | None = None,
-                   recompute: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                   chunk_fn=_chunk_logps, scored: torch.Tensor | None = None, recompute: bool = True,
+                   position_ids: torch.Tensor | None = None, owner: torch.Tensor | None = None,
+                   counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed completion log-probs [B] fp32, completion tokens [B]) of a right-padded batch (`collate`).
     `scored` is the batch's `Batch.scored`; without it, it is derived from `loss_mask` here (a device
-    sync on a GPU)."""
+    sync on a GPU). A packed batch (`collate_rows(pack=...)`) also passes its `position_ids`, `owner`
+    and `counts`, and gets one sum an example, in example order."""
     if scored is None:
         scored = scored_positions(loss_mask)
     decoder, lm_head = split_model(model)
-    logps = scored_logps(decoder, lm_head, input_ids, scored, chunk, chunk_fn, recompute)  # [M]
-    sums = logps.new_zeros(input_ids.shape[0]).index_add(0, scored // input_ids.shape[1], logps)
-    return sums, loss_mask[:, 1:].sum(-1).to(sums.dtype)
+    n = None if counts is None else counts.shape[0]
+    logps = scored_logps(decoder, lm_head, input_ids, scored, chunk, chunk_fn, recompute, position_ids, n)  # [M]
+    if owner is None:
+        sums = logps.new_zeros(input_ids.shape[0]).index_add(0, scored // input_ids.shape[1], logps)
+        return sums, loss_mask[:, 1:].sum(-1).to(sums.dtype)
+    return logps.new_zeros(n).index_add(0, owner, logps), counts.to(logps.dtype)
 
 
 class LogpModel(torch.nn.Module):
@@ -251,9 +337,11 @@ class LogpModel(torch.nn.Module):
         self.recompute = recompute
         self.chunk_fn = torch.compile(_chunk_logps) if compile_chunks else _chunk_logps
 
-    def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor,
-                scored: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        return sequence_logps(self.model, input_ids, loss_mask, self.chunk, self.chunk_fn, scored, self.recompute)
+    def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, scored: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, owner: torch.Tensor | None = None,
+                counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return sequence_logps(self.model, input_ids, loss_mask, self.chunk, self.chunk_fn, scored, self.recompute,
+                              position_ids, owner, counts)
 
 
 def pair_examples(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) -> list[tuple[Encoded, Encoded]]:

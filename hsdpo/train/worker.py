@@ -229,18 +229,19 @@ class Task:
 
     def batch(self, idx: list[int]) -> Batch:
         """Examples `idx`, every side in one right-padded batch (DPO: `[2n, T]`, chosen then rejected)."""
-        return collate_rows([(side, idx) for side in self.sides], self.pad)
+        return collate_rows([(side, idx) for side in self.sides], self.pad,
+                            pack=self.cfg.max_length if self.cfg.packing else None)
 
     def micro_step(self, engine, idx: list[int], den: dict[str, float], batch_frac: float, device):
         """(loss for backward, metric sums) for one micro-batch; metrics already global-normalised."""
         b = self.batch(idx).to(device)
         if self.kind == "sft":
-            logps, ntok = engine(b.input_ids, b.loss_mask, b.scored)
+            logps, ntok = engine(*b.logp_args())
             loss = sft_loss(logps, ntok, denominator=den["tokens"])
             return loss, {"loss": loss.detach()}
         ref = to_device(torch.tensor(self.ref[idx], dtype=torch.float32), device)  # [n, 2]
         w = to_device(torch.tensor([self.weights[i] for i in idx], dtype=torch.float32), device)
-        logps, ntok = engine(b.input_ids, b.loss_mask, b.scored)  # [2n]
+        logps, ntok = engine(*b.logp_args())  # [2n]
         n = len(idx)
         nll = -logps[:n].sum() / den["chosen_tokens"]
         loss, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=self.cfg.beta,

@@ -19,6 +19,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -158,6 +159,55 @@ def test_batches_from_the_flat_table_are_the_examples_right_padded(tiny_model_di
         one = collate(examples, pad, pad_to)  # the same rule from encoded examples
         assert all(torch.equal(x, y) for x, y in zip((b.input_ids, b.attention_mask, b.loss_mask, b.scored),
                                                       (one.input_ids, one.attention_mask, one.loss_mask, one.scored)))
+
+
+def test_packed_batches_score_each_example_as_its_own_padded_row_does(tiny_model_dir):
+    """`collate_rows(pack=capacity)` (`packing: true`): examples end to end in fewer rows, each token
+    where the layout puts it, positions from 0 an example; the log-probs, token counts and gradients
+    are those of the padded batch (to 1e-5), in example order. An empty prompt (a completion scored
+    from its second token on, as in a padded row) and an example longer than the capacity too."""
+    from hsdpo.model import load_model, load_tokenizer
+    from hsdpo.train.tokenize import collate_rows, pack_layout
+
+    tok, model = load_tokenizer(str(tiny_model_dir)), load_model(str(tiny_model_dir), dtype="float32")
+    prompts = ["Q: 1+1?\nA: ", "Question: what is 17 times 3?\nAnswer: ", "", "Q: 9-4?\nA: ", "Q"]
+    chosen = encode_batch(tok, prompts, ["2", "17 * 3 = 51. The answer is 51.", "12 and 12", "5", "7 " * 20], 64)
+    rejected = encode_batch(tok, prompts, ["3", "17 * 3 = 41", "13", "4 4 4 4 4 4", "8"], 64, eos=False)
+    assert chosen.prompt_len[2] == 0
+    idx = np.arange(5)
+    padded = collate_rows([(chosen, idx), (rejected, idx)], tok.pad_token_id)
+    examples = [chosen[i] for i in idx] + [rejected[i] for i in idx]
+    lengths = np.array([len(e.input_ids) for e in examples])
+    capacity = int(lengths.max()) - 1  # the longest example gets a row of its own, wider than the rest
+    packed = collate_rows([(chosen, idx), (rejected, idx)], tok.pad_token_id, pack=capacity)
+    row, start = pack_layout(lengths, capacity)
+    assert packed.input_ids.shape[0] == row.max() + 1 < len(examples)
+    assert packed.input_ids.numel() < padded.input_ids.numel()
+    for e, ex in enumerate(examples):
+        cols = slice(int(start[e]), int(start[e]) + len(ex.input_ids))
+        assert packed.input_ids[row[e], cols].tolist() == ex.input_ids
+        assert packed.position_ids[row[e], cols].tolist() == list(range(len(ex.input_ids)))
+        assert packed.loss_mask[row[e], cols].tolist() == [0] * ex.prompt_len + [1] * (len(ex.input_ids) - ex.prompt_len)
+    assert int(packed.attention_mask.sum()) == int(lengths.sum()) and packed.examples == len(examples)
+    want, want_n = sequence_logps(model, padded.input_ids, padded.loss_mask, 4, scored=padded.scored)
+    g_want = torch.autograd.grad(want.sum(), model.model.embed_tokens.weight)[0]
+    got, got_n = sequence_logps(model, *packed.logp_args()[:2], 4, scored=packed.scored,
+                                position_ids=packed.position_ids, owner=packed.owner, counts=packed.counts)
+    g_got = torch.autograd.grad(got.sum(), model.model.embed_tokens.weight)[0]
+    assert got_n.tolist() == want_n.tolist()
+    assert torch.allclose(got, want, atol=1e-5) and torch.allclose(g_got, g_want, atol=1e-5)
+    # longest first into the least filled row, ties to the first; the row count that computes least
+    assert [a.tolist() for a in pack_layout(np.array([2, 1, 2]), 4)] == [[0, 0, 1], [0, 2, 0]]  # 2 rows x 3
+    assert [a.tolist() for a in pack_layout(np.array([3, 3, 3, 3]), 10)] == [[0, 1, 0, 1], [0, 0, 3, 3]]  # not 9 + 3
+    assert [a.tolist() for a in pack_layout(np.array([5, 1]), 3)] == [[0, 1], [0, 0]]  # one too long: a row of its own
+    from hsdpo.train.config import DPOConfig
+    from hsdpo.train.worker import Task
+
+    rows = [{"prompt": p, "chosen": "#### 7", "rejected": "#### 9", "weight": 1.0, "ref_chosen_logp": -5.0,
+             "ref_rejected_logp": -6.0} for p in prompts]
+    for packing in (False, True):  # the trainer's micro-batches follow the config
+        b = Task.from_rows("dpo", DPOConfig(max_length=64, packing=packing), rows, tok).batch([0, 1, 3])
+        assert (b.position_ids is not None) == packing and b.examples == 6 and (b.input_ids.shape[0] < 6) == packing
 
 
 def test_batched_encoding_is_one_tokenizer_call_a_text_and_survives_arrow(tiny_model_dir, data_dir):
@@ -689,11 +739,12 @@ def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
 
 
 def test_compiled_layers_deepspeed_extras_and_tensorboard(run, run_a):
+    """Also packed micro-batches (`packing`): compiled layers then take transformers' block mask."""
     from hsdpo.train.dpo import run_dpo
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    cfg = with_overrides(run[0], ["dpo.output=dpo_d", "dpo.compile=true", "dpo.tensorboard=true",
+    cfg = with_overrides(run[0], ["dpo.output=dpo_d", "dpo.compile=true", "dpo.tensorboard=true", "dpo.packing=true",
                                   "dpo.deepspeed.zero_optimization.reduce_bucket_size=1000"])
     run_dpo(cfg)
     events = EventAccumulator(str(Path(cfg.run_dir) / "dpo_d" / "tb"))
