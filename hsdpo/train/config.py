@@ -17,6 +17,7 @@ from hsdpo.configbase import RUN_ONLY, StrictModel
 
 
 DEFAULT_STEPS = 100
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2", "flash_attention_3")  # transformers' names
 
 
 class LoraConfig(StrictModel):
@@ -70,10 +71,12 @@ class TrainConfig(StrictModel):
                           " tokens (balanced), each attending to itself only, instead of one padded row"
                           " each: the same examples and gradient, fewer tokens computed where lengths vary"
                           " (docs/training.md)")
-    attn_implementation: str = Field("sdpa", description="transformers attention kernel (sdpa, eager, flash_attention_2)")
+    attn_implementation: str = Field(
+        "sdpa", description="transformers attention kernel: sdpa, eager, flex_attention, flash_attention_2 / _3 (GPU,"
+        " the flash-attn package), or a hub kernel `org/repo`")
     logp_chunk: int = Field(128, ge=1, description="positions per sequence in a chunk of the LM head and log-softmax (chunk x batch scored rows; never full [B,T,V] fp32 logits)")
     logp_recompute: bool = Field(True, description="recompute each LM-head chunk in backward, keeping one chunk's logits at a time; false keeps every chunk's log-softmax for backward (faster, about 4 bytes x scored positions x vocab more memory)")
-    seed: int = Field(0, description="added to the run seed: data order")
+    seed: int = Field(0, description="added to the run's seed: the data order and LoRA's initial adapters")
     eval_fraction: float = Field(
         0.0, ge=0, lt=1, description="share of problems held out of training (chosen by a hash of problem_id, so a"
         " problem's rows stay on one side) and scored without gradients: eval_* metrics (0 = no held-out set)")
@@ -132,6 +135,11 @@ class TrainConfig(StrictModel):
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError(f"warmup_steps {self.warmup_steps} and warmup_ratio {self.warmup_ratio:g} are both set;"
                              " give one")
+        attn = self.attn_implementation
+        if "/" not in attn and attn not in ATTENTION:
+            raise ValueError(f"attn_implementation {attn!r} is none of {', '.join(ATTENTION)} (or a hub kernel org/repo)")
+        if attn.startswith("flash_attention") and not self.use_gpu:
+            raise ValueError(f"attn_implementation {attn} runs on GPUs only; set use_gpu=true or use sdpa")
         if self.eval_every and not self.eval_fraction:
             raise ValueError("eval_every needs eval_fraction > 0 (the held-out share of problems)")
         return self

@@ -63,10 +63,18 @@ def split_heldout(kind: str, t: TrainConfig, rows: list[dict[str, Any]]) -> tupl
     return train, heldout
 
 
+def worker_config(t: TrainConfig, run_seed: int) -> TrainConfig:
+    """The config the workers run: its `seed` the stage's plus the run's, so a new run seed also
+    redraws the data order (and LoRA's initial adapters), as it redraws problems and samples."""
+    return t.model_copy(update={"seed": t.seed + run_seed})
+
+
 def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: str, tokenizer_path: str,
-        out_dir: str, ckpt_root: str, heldout: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+        out_dir: str, ckpt_root: str, heldout: list[dict[str, Any]] | None = None,
+        run_seed: int = 0) -> list[dict[str, Any]]:
     """Train on `rows` with `t.num_workers` Ray Train workers, scoring `heldout` rows (split_heldout)
-    at evaluation steps; returns rank 0's metrics history."""
+    at evaluation steps; returns rank 0's metrics history. The workers' seed (data order, LoRA's
+    initialisation) is the stage's `seed` plus the run's (`worker_config`)."""
     import ray
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -78,7 +86,7 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
     datasets = {"train": tokenized_dataset(kind, t, rows, tokenizer_path)}
     if heldout:
         datasets["eval"] = tokenized_dataset(kind, t, heldout, tokenizer_path)
-    spec = {"kind": kind, "cfg": t.model_dump(mode="json"), "model_path": model_path,
+    spec = {"kind": kind, "cfg": worker_config(t, run_seed).model_dump(mode="json"), "model_path": model_path,
             "tokenizer_path": tokenizer_path, "out_dir": local_path(out_dir),
             "marker": f"{ckpt_root}/_injected_failure", "eval": bool(heldout)}
     trainer = TorchTrainer(

@@ -295,7 +295,10 @@ def evaluate(task: Task, engine, world: int, rank: int, device) -> dict[str, flo
                     sums[k] = sums.get(k, 0) + (v if part else v * 0)
     finally:
         engine.train()
-    return {f"eval_{k}": v for k, v in reduce_metrics(sums).items()}
+    out = {f"eval_{k}": v for k, v in reduce_metrics(sums).items()}
+    if task.kind == "dpo" and not den["weight"]:  # held-out pairs all weigh 0: no weighted loss to report
+        out.pop("eval_dpo_loss", None)  # (the loss divides by 1 there and reads 0, as if perfect)
+    return out
 
 
 def reduce_metrics(sums: dict[str, torch.Tensor]) -> dict[str, float]:

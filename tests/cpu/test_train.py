@@ -279,6 +279,12 @@ def test_global_batches_walk_a_seeded_permutation_an_epoch():
     assert sorted(stream[:n]) == sorted(stream[n:2 * n]) == list(range(n)) and stream[:n] != stream[n:2 * n]
     epoch_order.cache_clear()
     assert global_batch_indices(5, batch, n, seed) == stream[20:24]
+    from hsdpo.train.config import SFTConfig
+    from hsdpo.train.launch import worker_config
+
+    t = SFTConfig(seed=seed)  # the workers' seed is the stage's plus the run's: a run seed redraws the order
+    assert worker_config(t, 0).seed == seed and worker_config(t, 2).seed == seed + 2
+    assert global_batch_indices(0, batch, n, worker_config(t, 2).seed) != global_batch_indices(0, batch, n, seed)
 
 
 def test_the_held_out_split_is_by_problem_stable_and_refuses_an_empty_side():
@@ -366,6 +372,12 @@ def test_a_batch_of_zero_weight_pairs_gives_zero_loss_and_gradient(tiny_model_di
     assert all(p.grad is None or not p.grad.any() for p in model.parameters())
     loss, _ = task.micro_step(LogpModel(model, 16), [0, 2], task.denominators([0, 2]), 1 / 2, torch.device("cpu"))
     assert loss.item() > 0  # a batch with any weight still counts
+    from hsdpo.train.worker import evaluate
+
+    zero = Task.from_rows("dpo", DPOConfig(beta=0.5, max_length=MAXLEN), rows[:2], tok)  # held out, all weight 0
+    got = evaluate(zero, LogpModel(model, 16), 1, 0, torch.device("cpu"))
+    assert "eval_dpo_loss" not in got and got["eval_dpo_loss_unweighted"] > 0  # not a 0.0 that reads as perfect
+    assert "eval_dpo_loss" in evaluate(task, LogpModel(model, 16), 1, 0, torch.device("cpu"))
 
 
 def test_ipo_in_the_worker_scores_each_pair_by_its_mean_token_log_probs(tiny_model_dir):
@@ -879,6 +891,8 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_pro
     (["dpo.loss_type=hinge", "dpo.label_smoothing=0.1"], "hsdpo: bad config value at dpo: Value error,"
      " label_smoothing applies to loss_type sigmoid or robust, not hinge"),
     (["dpo.eval_fraction=0.01"], "hsdpo: dpo.eval_fraction 0.01 holds out no problem of 8; raise it or set it to 0"),
+    (["dpo.attn_implementation=flash_attention_2"], "hsdpo: bad config value at dpo: Value error, attn_implementation"
+     " flash_attention_2 runs on GPUs only; set use_gpu=true or use sdpa"),
     (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
      " set dpo.use_gpu=false, or join a cluster (ray.address)"),
 ])
