@@ -91,9 +91,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as d:
         tok = build_tokenizer([p["prompt"] + p["chosen"] for p in pairs], d)
     tasks = {(kind, packing): Task.from_rows(kind, cfg(max_length=MAX_LENGTH, packing=packing), data, tok)
-             for kind, cfg, data in (("dpo", DPOConfig, pairs), ("sft", SFTConfig, sft_rows)) for packing in (False, True)}
+             for kind, cfg, data in (("dpo", DPOConfig, pairs), ("sft", SFTConfig, sft_rows))
+             for packing in (False, True)}
     print(f"{len(pairs)} GSM8K problems; real tokens / computed tokens per forward (rows of {MAX_LENGTH} when packed)")
-    print(f"{'':5} {'a rank':>6} {'micro':>6} {'stream order':>13} {'by length':>10} {'packed':>7} {'computed, packed':>17}")
+    print(f"{'':5} {'a rank':>6} {'micro':>6} {'stream order':>13} {'by length':>10} {'packed':>7}"
+          f" {'computed, packed':>17}")
     for kind, per_rank, micro in (("dpo", 8, 2), ("dpo", 16, 4), ("sft", 16, 4), ("sft", 32, 8)):
         a = efficiency(tasks[kind, False], per_rank, micro, False, args.draws)
         b = efficiency(tasks[kind, False], per_rank, micro, True, args.draws)

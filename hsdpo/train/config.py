@@ -137,7 +137,8 @@ class TrainConfig(StrictModel):
                              " give one")
         attn = self.attn_implementation
         if "/" not in attn and attn not in ATTENTION:
-            raise ValueError(f"attn_implementation {attn!r} is none of {', '.join(ATTENTION)} (or a hub kernel org/repo)")
+            raise ValueError(f"attn_implementation {attn!r} is none of {', '.join(ATTENTION)}"
+                             " (or a hub kernel org/repo)")
         if attn.startswith("flash_attention") and not self.use_gpu:
             raise ValueError(f"attn_implementation {attn} runs on GPUs only; set use_gpu=true or use sdpa")
         if self.eval_every and not self.eval_fraction:

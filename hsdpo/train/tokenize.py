@@ -281,8 +281,9 @@ def scored_logps(decoder: torch.nn.Module, lm_head: torch.nn.Module, input_ids: 
                  position_ids: torch.Tensor | None = None, sequences: int | None = None) -> torch.Tensor:
     """Log-prob of the next token at each position of `scored` (flat b*T + t), `[M]` fp32. Chunks hold
     `chunk` positions per sequence on average (chunk x B rows), the memory bound of a position chunk
-    over the whole batch (`sequences` of them; default one a row). `chunk_fn` may be `_chunk_logps` compiled: one kernel reads a chunk's bf16
-    logits once for the upcast, log-softmax and gather, where eager writes and re-reads fp32 copies.
+    over the whole batch (`sequences` of them; default one a row). `chunk_fn` may be `_chunk_logps`
+    compiled: one kernel reads a chunk's bf16 logits once for the upcast, log-softmax and gather,
+    where eager writes and re-reads fp32 copies.
     With `recompute`, a chunk's forward runs again in backward (activation checkpointing), so only one
     chunk's logits live at a time; without, autograd keeps every chunk's log-softmax."""
     # right padding needs no mask (module doc); packed rows get theirs from the position ids (no KV cache:
