@@ -64,8 +64,8 @@ def session_pids(sid: int) -> list[int]:
 def stop_head(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)  # `ray start --block` stops its own processes
-        try:  # it rarely finishes in time on a 2-core machine; the session's processes are killed below
-            proc.wait(timeout=10)
+        try:  # it rarely finishes in 10 s on a 2-core machine; the session's processes are killed below
+            proc.wait(timeout=3)
         except subprocess.TimeoutExpired:
             pass
     for pid in session_pids(proc.pid):
