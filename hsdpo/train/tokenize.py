@@ -145,11 +145,8 @@ class Batch:
     counts: torch.Tensor | None = None  # [N] scored positions an example (its completion tokens)
 
     def to(self, device: torch.device | str) -> "Batch":
-        return Batch(*(None if t is None else to_device(t, device) for t in self.tensors()))
-
-    def tensors(self) -> tuple[torch.Tensor | None, ...]:
-        return (self.input_ids, self.attention_mask, self.loss_mask, self.scored, self.position_ids, self.owner,
-                self.counts)
+        return Batch(*(None if t is None else to_device(t, device) for t in (
+            self.input_ids, self.attention_mask, self.loss_mask, self.scored, self.position_ids, self.owner, self.counts)))
 
     def logp_args(self) -> tuple[torch.Tensor | None, ...]:
         """The arguments of `LogpModel.forward` / `sequence_logps` after the model."""
