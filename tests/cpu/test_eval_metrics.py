@@ -130,6 +130,18 @@ def test_bad_eval_settings_are_one_line_config_errors(overrides):
     assert config_from_dict({}, ["eval.pass_k=[1, 4]"]).eval.pass_k == [1, 4]
 
 
+def test_pass_k_written_out_must_fit_n():
+    """A k above n is refused at load, not dropped from summary.json; the default [1, 4, 8] reports
+    the k a smaller n allows, and n = 0 (greedy only) reports none."""
+    with pytest.raises(ConfigError, match="pass_k 8 needs at least 8 samples a problem; n is 4"):
+        config_from_dict({"eval": {"n": 4}}, ["eval.pass_k=[1, 8]"])
+    with pytest.raises(ConfigError, match="pass_k 8"):  # the order the settings come in does not matter
+        config_from_dict({"eval": {"pass_k": [1, 8]}}, ["eval.n=4"])
+    assert config_from_dict({"eval": {"n": 4}}).eval.pass_k == [1, 4, 8]
+    assert config_from_dict({"eval": {"n": 8, "pass_k": [1, 8]}}).eval.pass_k == [1, 8]
+    assert config_from_dict({"eval": {"pass_k": [1, 8]}}).eval.n == 0
+
+
 @pytest.mark.parametrize(
     "samples, expected",
     [
