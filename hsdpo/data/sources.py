@@ -6,6 +6,7 @@ A row that cannot be used becomes a reject with a reason; nothing here raises on
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 from typing import Any, Iterator
@@ -27,19 +28,23 @@ MAX_STEPS = 2**63 - 1  # what an int64 column holds
 
 
 def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
-    """JSONL (one object a line) or a JSON array, a local path or a URI (s3://, gs://). A bad line
-    is yielded as a reject, not raised; an array that does not parse is an `InputError`."""
+    """JSONL (one object a line) or a JSON array, UTF-8 (a byte-order mark is allowed), a local path
+    or a URI (s3://, gs://). A bad line (not JSON, not UTF-8) is yielded as a reject, not raised; an
+    array that does not parse or decode is an `InputError`."""
     fs, p = fsspec.core.url_to_fs(path)
     if not fs.isfile(p):
         raise FileNotFoundError(f"data file not found: {path}")
-    with fs.open(p, "r", encoding="utf-8", errors="replace") as f:
-        head = f.read(1)
-        while head and head.isspace():
-            head = f.read(1)
+    with fs.open(p, "rb") as f:
+        chunk = f.read(1 << 16).removeprefix(codecs.BOM_UTF8)
+        while chunk and not chunk.strip():  # only whitespace so far
+            chunk = f.read(1 << 16)
         f.seek(0)
-        if head == "[":
+        if chunk.lstrip()[:1] == b"[":
+            data = f.read()
             try:
-                records = json.load(f)
+                records = json.loads(data.decode("utf-8-sig"))
+            except UnicodeDecodeError as err:
+                raise InputError(f"data file {path} is not UTF-8: byte {err.start} is {data[err.start]:#04x}") from None
             except json.JSONDecodeError as err:
                 raise InputError(f"data file {path} is not valid JSON: {err.msg} at line {err.lineno}") from None
             except RecursionError:
@@ -47,7 +52,13 @@ def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
             for rec in records:
                 yield rec if isinstance(rec, dict) else {"__reject__": "not_an_object", "row": rec}
             return
-        for lineno, line in enumerate(f, 1):
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                yield {"__reject__": "bad_encoding", "row": f"line {lineno}: not UTF-8 at byte {err.start}: "
+                       + raw[:200].decode("utf-8", errors="replace")}
+                continue
             if not line.strip():
                 continue
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import json
 import re
 import subprocess
@@ -226,6 +227,20 @@ def test_a_row_whose_num_steps_is_no_whole_number_is_a_counted_reject(tmp_path):
     assert len(read_rows(RunDir(f"{tmp_path}/run").path("problems", "_rejects"))) == 10
 
 
+def test_a_line_not_in_utf8_is_a_counted_reject_and_a_byte_order_mark_is_allowed(tmp_path):
+    good = '{"question": "Q%d?", "answer": "1+1=<<1+1=2>>2\\n#### 2"}'
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(codecs.BOM_UTF8 + (good % 0).encode() + b"\n" + (good % 1).encode("utf-16")
+                     + b"\n" + (good % 2).replace("Q", "Q\u00e9").encode("latin-1") + b"\n" + (good % 3).encode())
+    rows, rejects = load_source(SourceConfig(name="gsm8k", path=str(path)), 0)
+    assert [r["question"] for r in rows] == ["Q0?", "Q3?"]
+    assert [r["reason"] for r in rejects] == ["bad_encoding"] * 2
+    assert rejects[1]["row"].startswith("line 3: not UTF-8 at byte 15: ")  # where the latin-1 é is
+    array = tmp_path / "array.json"
+    array.write_bytes(codecs.BOM_UTF8 + b" \n" * 40_000 + f"[{good % 0}]".encode())
+    assert [r["question"] for r in load_source(SourceConfig(name="gsm8k", path=str(array)), 0)[0]] == ["Q0?"]
+
+
 def _fails_and_keeps(tmp_path, capsys, sources: str) -> str:
     """Run `hsdpo data` on a run dir with complete problems/; return its one stderr line after
     checking that the previous problems/ and manifest are untouched."""
@@ -250,12 +265,16 @@ def test_an_unreadable_source_or_no_usable_problem_is_one_line_and_keeps_the_pre
     broken.write_text('[{"question": "Q?", "answer": "#### 1"},\n')
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 100_000)
+    latin1 = tmp_path / "latin1.json"
+    latin1.write_bytes('[{"question": "Combien font 1+1 ?", "answer": "Réponse #### 2"}]'.encode("latin-1"))
     useless = tmp_path / "useless.jsonl"
     useless.write_bytes(b'{"question": "Q\xff?"}\nnot json\n')
     assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {broken}}}]") == \
         f"hsdpo: data file {broken} is not valid JSON: Expecting value at line 2"
     assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {deep}}}]") == \
         f"hsdpo: data file {deep} is not usable JSON: nested too deeply"
+    assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {latin1}}}]") == \
+        f"hsdpo: data file {latin1} is not UTF-8: byte 48 is 0xe9"
     assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {useless}}}]") == \
         "hsdpo: data: no usable problems (check data.sources)"
 
