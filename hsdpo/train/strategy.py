@@ -20,16 +20,17 @@ four device reads a step (`benchmarks/step_overhead.py`).
 DeepSpeed's throughput timer, which synchronises the device at every forward and step, is off.
 
 Checkpoints: `engine.save_checkpoint` (every rank writes its shard). A checkpoint written by N ranks
-resumes on M != N ranks through DeepSpeed's universal checkpoint: rank 0 converts it
-(`ds_to_universal`) next to the original, and the engine is built with `load_universal`.
+resumes on M != N ranks through DeepSpeed's universal checkpoint: each node's local rank 0 converts
+it (`ds_to_universal`) into a scratch folder of its own, and the engine is built with `load_universal`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from datetime import timedelta
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.distributed as dist
@@ -241,14 +242,29 @@ def checkpoint_world(path: str) -> int:
     return len(ranks)
 
 
-def to_universal(path: str, out: str) -> None:
-    """Rank 0 converts the latest checkpoint to DeepSpeed's universal format (any world size)."""
+def local_rank() -> int:
+    """This process's rank on its node (Ray Train and torchrun set LOCAL_RANK)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+@contextlib.contextmanager
+def universal_copy(path: str) -> Iterator[str]:
+    """The latest checkpoint under `path` in DeepSpeed's universal format (any world size), in a
+    scratch folder of this node, removed when the block ends. Each node's local rank 0 converts the
+    copy it sees (its own download from cloud storage, or the shared folder), so no node needs files
+    another node wrote, and the stored checkpoint is left as it was written."""
+    import hashlib
+    import shutil
     import subprocess
     import sys
+    import tempfile
 
     with open(os.path.join(path, "latest")) as f:
         tag = f.read().strip()
-    if rank() == 0 and not os.path.exists(os.path.join(out, "latest")):
+    key = hashlib.sha256(f"{os.path.realpath(path)}\0{tag}".encode()).hexdigest()[:16]
+    out = os.path.join(tempfile.gettempdir(), f"hsdpo_universal_{key}")
+    if local_rank() == 0:
+        shutil.rmtree(out, ignore_errors=True)
         subprocess.run([sys.executable, "-m", "deepspeed.checkpoint.ds_to_universal", "--input_folder",
                         os.path.join(path, tag), "--output_folder", os.path.join(out, tag), "--num_extract_workers",
                         "1", "--num_merge_workers", "1", "--inject_missing_state"], check=True,
@@ -256,6 +272,12 @@ def to_universal(path: str, out: str) -> None:
         with open(os.path.join(out, "latest"), "w") as f:
             f.write(tag)
     barrier()
+    try:
+        yield out
+        barrier()  # every rank on this node has loaded it
+    finally:
+        if local_rank() == 0:
+            shutil.rmtree(out, ignore_errors=True)
 
 
 def save_checkpoint(engine, path: str, step: int, client_state: dict[str, Any]) -> None:

@@ -63,7 +63,6 @@ class Reporter:
             ckpt = ray.train.get_checkpoint()
             return ckpt.as_directory() if ckpt else None
         if self.ckpt_dir and os.path.exists(os.path.join(self.ckpt_dir, "latest")):
-            import contextlib
 
             return contextlib.nullcontext(self.ckpt_dir)
         return None
@@ -421,12 +420,11 @@ def build_and_resume(spec: dict[str, Any], t: TrainConfig, model, rows_per_forwa
     ctx = reporter.latest_checkpoint()
     if ctx is None:
         return strategy.initialize(policy, t, rows_per_forward, accum), 0, []
-    with ctx as d:
+    with contextlib.ExitStack() as stack:
+        d = stack.enter_context(ctx)
         universal = strategy.checkpoint_world(d) != strategy.world_size()
         if universal:
-            u = os.path.join(d, "_universal")
-            strategy.to_universal(d, u)
-            d = u
+            d = stack.enter_context(strategy.universal_copy(d))
         engine = strategy.initialize(policy, t, rows_per_forward, accum, universal=universal)
         state = strategy.load_checkpoint(engine, d)
     strategy.take_skipped_steps(engine)  # the restored count was logged before the checkpoint

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -741,6 +742,7 @@ def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
     assert [h.get("resumed_at") for h in hist] == [None, None, 2, None]
     assert hist[-1]["loss"] < hist[0]["loss"]
     _assert_same_trajectory(run_a[2], hist)
+    assert not list(Path(tempfile.gettempdir()).glob("hsdpo_universal_*"))  # the node's converted copy: removed
     AutoModelForCausalLM.from_pretrained(Path(rerun.run_dir) / out / "model")  # ZeRO-3: consolidated from shards
 
 
