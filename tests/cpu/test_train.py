@@ -526,12 +526,12 @@ def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_ho
 
 
 FUSED_CLIP_WORKER = """
-import json, sys
+import json, sys, tempfile
 import torch
 import hsdpo.train.strategy as strategy
 from hsdpo.model import load_tokenizer
 from hsdpo.train.config import DPOConfig
-from hsdpo.train.worker import train_worker
+from hsdpo.train.worker import Reporter, build_and_resume, build_policy, train_worker
 from transformers import AutoModelForCausalLM
 
 model_dir, rows_path = sys.argv[1:]
@@ -550,21 +550,31 @@ for fused in (True, False):
 for fused in (True, False):
     t = DPOConfig(steps=4, batch_size=2, micro_batch_size=2, lr=1e-2, fused_clip=fused)
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(model_dir)
-    engine = strategy.initialize(model, t, 2, 1)
+    engine = strategy.initialize(build_policy({}, t, AutoModelForCausalLM.from_pretrained(model_dir)), t, 2, 1)
     ids = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
     seen = []
     for scale in (float("nan"), 1.0, float("inf")):
         before = [p.detach().clone() for p in engine.module.parameters()]
         with strategy.grad_reduction(engine, t, 1):
-            engine.backward(engine(input_ids=ids).logits.float().logsumexp(-1).mean() * scale)
+            engine.backward(-engine(ids, torch.ones_like(ids))[0].sum() * scale)
         engine.step()
         moved = any(not torch.equal(a, p) for a, p in zip(before, engine.module.parameters()))
         finite = all(bool(torch.isfinite(p).all()) for p in engine.module.parameters())
         seen.append([moved, finite, strategy.take_skipped_steps(engine)])
+    # DeepSpeed's own path keeps its count of skipped steps in the checkpoint: a run resumed from it
+    # must not report those two steps again at its first step
+    ckpt = tempfile.mkdtemp()
+    strategy.save_checkpoint(engine, ckpt, 3, {"step": 3, "world": 1, "history": []})
+    resumed, at, _ = build_and_resume({}, t, AutoModelForCausalLM.from_pretrained(model_dir), 2, 1,
+                                      Reporter(False, ckpt))
+    with strategy.grad_reduction(resumed, t, 1):
+        resumed.backward(-resumed(ids, torch.ones_like(ids))[0].sum())
+    resumed.step()
     out[f"nan {fused}"] = {"seen": seen, "clipping": engine.config["gradient_clipping"],
                            "compute_grad_norm": engine.config["zero_optimization"].get("compute_grad_norm", True),
-                           "throughput_timer": engine.config["timers"]["throughput"]["enabled"]}
+                           "throughput_timer": engine.config["timers"]["throughput"]["enabled"],
+                           "resumed": [at, int(getattr(resumed, "skipped_steps", 0)),
+                                       strategy.take_skipped_steps(resumed)]}
 
 # what backward + step read back from the device (on a GPU each read drains the queue): counted
 # with a dispatch mode; DeepSpeed's synchronize calls counted through its accelerator
@@ -601,7 +611,8 @@ print("RESULT", json.dumps(out), flush=True)
 def test_fused_clip_equals_deepspeeds_clipping_and_skips_non_finite_steps(tiny_model_dir, tmp_path):
     """ZeRO-2's gradient norm, clip and inf/NaN skip inside the fused AdamW (`fused_clip`) train as
     DeepSpeed's own per-parameter path does, with clipping active every step (max_grad_norm 0.05), in
-    fp32 and bf16; a NaN or inf loss leaves weights untouched on both paths and is counted; and at
+    fp32 and bf16; a NaN or inf loss leaves weights untouched on both paths and is counted (once: not
+again by a run resumed from a checkpoint that holds DeepSpeed's count); and at
     bf16 its backward + step read nothing back from the device, where DeepSpeed's path does."""
     out = _four_pair_worker(FUSED_CLIP_WORKER, tiny_model_dir, tmp_path)
     ref = out["False fp32"]
@@ -616,6 +627,8 @@ def test_fused_clip_equals_deepspeeds_clipping_and_skips_non_finite_steps(tiny_m
         nan = out[f"nan {fused}"]
         assert nan["seen"] == [[False, True, 1], [True, True, 0], [False, True, 1]], fused
         assert nan["throughput_timer"] is False  # it synchronises the device at every forward and step
+    assert out["nan False"]["resumed"] == [3, 2, 0]  # DeepSpeed restored its count of 2; none of them new
+    assert out["nan True"]["resumed"] == [3, 0, 0]  # fused_clip counts in its own hook, step by step
     assert out["nan True"]["clipping"] == 0 and out["nan True"]["compute_grad_norm"] is False  # ours, not DeepSpeed's
     assert out["nan False"]["clipping"] == 1.0 and out["nan False"]["compute_grad_norm"] is True
     # the step asks nothing of the host: no device read or synchronize in backward + step (DeepSpeed's
