@@ -53,8 +53,9 @@ def is_uri(path: str) -> bool:
 
 
 def local_path(path: str) -> str:
-    """Absolute form of a local path; URIs pass through (Ray workers resolve both the same)."""
-    return path if is_uri(path) else os.path.abspath(path)
+    """Absolute form of a local path, `~` expanded (a recipe's `run_dir: ~/runs/x` is not a folder
+    named `~` in the working directory); URIs pass through (Ray workers resolve both the same)."""
+    return path if is_uri(path) else os.path.abspath(os.path.expanduser(path))
 
 
 def cache_root() -> str:
@@ -179,7 +180,8 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def manifest_hash(manifest: dict[str, Any] | None) -> str | None:
-    if manifest is None:
+    """What downstream stages record of an input; None when it is not a finished stage's."""
+    if manifest is None or manifest.get("status") != "complete":
         return None
     keep = {k: manifest.get(k) for k in ("stage", "output", "config_hash", "inputs", "rows", "finished_at")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
@@ -193,7 +195,17 @@ class RunDir:
         return join(self.root, output, *parts)
 
     def manifest(self, output: str) -> dict[str, Any] | None:
-        return read_json(self.path(output, MANIFEST))
+        """The stage's manifest; None when it has none. One that does not parse as a JSON object
+        (a zero-length file after a machine was lost before the rename reached the disk, a hand
+        edit) reads as `{"status": "unreadable", "error": ...}`: not complete, so the stage runs
+        again and `hsdpo status` says why, instead of every command failing with a traceback."""
+        try:
+            m = read_json(self.path(output, MANIFEST))
+        except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+            return {"status": "unreadable", "error": f"{type(err).__name__}: {str(err)[:120]}"}
+        if m is not None and not isinstance(m, dict):
+            return {"status": "unreadable", "error": f"it holds a JSON {type(m).__name__}, not an object"}
+        return m
 
     def input_hashes(self, inputs: list[str]) -> dict[str, str | None]:
         return {name: manifest_hash(self.manifest(name)) for name in inputs}
@@ -208,7 +220,7 @@ class RunDir:
         if m.get("config_hash") != config_hash:
             return ("config", "")
         now = self.input_hashes(inputs)
-        recorded = m.get("inputs") or {}
+        recorded = m.get("inputs") if isinstance(m.get("inputs"), dict) else {}
         for name, h in now.items():
             if h is None:
                 return ("input missing", name)
@@ -223,6 +235,9 @@ class RunDir:
 
     def require(self, output: str) -> dict[str, Any]:
         m = self.manifest(output)
+        if m and m.get("status") == "unreadable":
+            raise FileNotFoundError(f"stage output {self.path(output)} has an unreadable {MANIFEST} ({m['error']});"
+                                    " run its stage again")
         if not m or m.get("status") != "complete":
             raise FileNotFoundError(f"stage output {self.path(output)} is missing or incomplete; run its stage first")
         return m
@@ -235,7 +250,11 @@ class RunDir:
         fs.makedirs(p, exist_ok=True)
         return self.path(output)
 
-    def finish(self, result: StageResult, config_hash: str, inputs: list[str], config: dict[str, Any]) -> None:
+    def finish(self, result: StageResult, config_hash: str, inputs: list[str], config: dict[str, Any],
+               input_hashes: dict[str, str | None] | None = None) -> None:
+        """Write the manifest. `input_hashes`: the inputs' hashes as the stage found them when it
+        started (`run_stage` passes them); an input re-made while the stage ran then leaves it
+        stale, where hashes taken now would record the new input as the one it was made from."""
         write_json_atomic(
             self.path(result.output, MANIFEST),
             {
@@ -243,7 +262,7 @@ class RunDir:
                 "output": result.output,
                 "status": "complete",
                 "config_hash": config_hash,
-                "inputs": self.input_hashes(inputs),
+                "inputs": self.input_hashes(inputs) if input_hashes is None else input_hashes,
                 "package_version": __version__,
                 "rows": result.rows,
                 "rejects": result.rejects,
@@ -398,7 +417,8 @@ def stage_lock(run_dir: str, output: str) -> Iterator[None]:
             continue
         why = _stale(holder, time.time())
         if why is None:
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("started", 0)))
+            started = holder.get("started")
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
             raise StageBusy(f"{output} in {run_dir} is being written by another run (host {holder.get('host')}, "
                             f"pid {holder.get('pid')}, since {since}: {holder.get('command', '?')}); wait for it, "
                             f"or remove {path} if that run is gone (a lock not renewed for {STALE_S:.0f} s is taken over)")

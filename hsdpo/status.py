@@ -17,8 +17,8 @@ from typing import Any
 
 from hsdpo.config import PipelineConfig, with_overrides
 from hsdpo.configbase import without_run_only
-from hsdpo.plan import plan
-from hsdpo.rundir import RunDir, list_files, lock_holder
+from hsdpo.plan import check_steps, plan
+from hsdpo.rundir import MANIFEST, RunDir, _fs, lock_holder
 from hsdpo.stage import config_hash
 
 STATES = ("current", "running", "stale", "incomplete", "missing")
@@ -66,8 +66,8 @@ def config_changes(recorded: dict[str, Any], now: dict[str, Any], sections: tupl
             if k not in old or k not in new or old[k] != new[k]]
 
 
-def _since(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t else "?"
+def _since(t: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if isinstance(t, (int, float)) and t > 0 else "?"
 
 
 def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus:
@@ -82,15 +82,23 @@ def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus
                                        f"{_since(holder.get('started'))}: {holder.get('command', '?')}")
         return st
     why = rd.staleness(p.output, config_hash(cfg, p), list(p.inputs))  # the rule run_stage skips by
+    m = rd.manifest(p.output) or {}
     if why is not None and why[0] == "missing":
-        left = next(list_files(rd.path(p.output)), None)
+        if m.get("status") == "unreadable":
+            st.state, st.why = "incomplete", f"its {MANIFEST} is unreadable ({m.get('error')}); the next run starts it over"
+            return st
+        fs, folder = _fs(rd.path(p.output))
+        left = fs.exists(folder)  # what a stopped run left, `_init/` or `_rejects/` alone included
         st.state, st.why = ("incomplete", "a stopped run's partial output (the next run starts it over)") if left \
             else ("missing", "not run yet")
         return st
-    m = rd.manifest(p.output) or {}
-    st.rows, st.finished_at, st.wall_s = m.get("rows", {}), m.get("finished_at"), m.get("wall_s")
+    rows = m.get("rows")
+    st.rows = {k: v for k, v in rows.items() if isinstance(v, int)} if isinstance(rows, dict) else {}
+    st.finished_at = m["finished_at"] if isinstance(m.get("finished_at"), (int, float)) else None
+    st.wall_s = m["wall_s"] if isinstance(m.get("wall_s"), (int, float)) else None
     if why is not None and why[0] == "config":
-        changes = config_changes(m.get("config") or {}, cfg.model_dump(mode="json"), p.sections)
+        recorded = m.get("config") if isinstance(m.get("config"), dict) else {}
+        changes = config_changes(recorded, cfg.model_dump(mode="json"), p.sections)
         named = ", ".join(changes[:MAX_CHANGES]) + (f" (+{len(changes) - MAX_CHANGES} more)" if len(changes) > MAX_CHANGES else "")
         st.state, st.why = "stale", (f"config changed: {named}" if changes else
                                      "config hash differs though no setting does (hashed by an older hsdpo)")
@@ -107,9 +115,11 @@ def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus
 
 
 def pipeline_status(cfg: PipelineConfig) -> list[StepStatus]:
+    """Every step's state; a recipe `hsdpo pipeline` refuses (check_steps) is refused here the same."""
     out, remade = [], set()
-    for step in cfg.steps:
-        step_cfg = with_overrides(cfg, step.overrides) if step.overrides else cfg
+    step_cfgs = [with_overrides(cfg, s.overrides) if s.overrides else cfg for s in cfg.steps]
+    check_steps([plan(c, s.stage) for c, s in zip(step_cfgs, cfg.steps)])
+    for step, step_cfg in zip(cfg.steps, step_cfgs):
         st = step_status(step_cfg, step.stage, remade)
         if st.state != "current":
             remade.add(st.output)

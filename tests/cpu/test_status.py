@@ -121,3 +121,109 @@ def test_status_of_a_run_dir_that_does_not_exist_is_all_missing(tmp_path, capsys
 def test_status_with_a_bad_override_is_one_line(tmp_path, capsys, bad):
     assert main(["status", str(_recipe(tmp_path)), bad]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("text", [b"", b'{"status": "comp', b"[1, 2]", b"\xff\xfe"])
+def test_an_unreadable_manifest_reads_as_incomplete_and_the_stage_runs_again(tmp_path, capsys, text):
+    """A zero-length manifest (a machine lost before the rename reached its disk), a cut or
+    hand-broken one: `hsdpo status` names it on the step's line, the stage that reads it as an input
+    refuses in one line, and the stage itself runs again -- no command ends in a traceback."""
+    recipe = _recipe(tmp_path)
+    cfg = load_config(recipe)
+    run_data(cfg)
+    (tmp_path / "run" / "problems" / "_manifest.json").write_bytes(text)
+    output, state, why = _states(cfg)[0]
+    assert (output, state) == ("problems", "incomplete") and why.startswith("its _manifest.json is unreadable (")
+    capsys.readouterr()
+    assert main(["sft", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"hsdpo: stage output {tmp_path / 'run' / 'problems'} has an unreadable _manifest.json")
+    assert "\n" not in err
+    assert not run_data(cfg).skipped and _states(cfg)[0][1] == "current"
+
+
+def test_a_manifest_with_fields_of_the_wrong_type_is_stale_not_a_traceback(tmp_path):
+    cfg = load_config(_recipe(tmp_path))
+    run_data(cfg)
+    _finish(cfg, "sft")
+    p = tmp_path / "run" / "sft" / "_manifest.json"
+    m = json.loads(p.read_text())
+    p.write_text(json.dumps({**m, "inputs": ["problems"], "rows": 3, "wall_s": "x", "finished_at": "y"}))
+    assert _states(cfg)[1] == ("sft", "stale", "input problems was re-made after this ran")
+    p.write_text(json.dumps({**m, "config_hash": "other", "config": 5}))
+    output, state, why = _states(cfg)[1]
+    assert (output, state) == ("sft", "stale") and why.startswith("config changed: ")
+
+
+def test_an_input_re_made_while_a_stage_ran_leaves_that_stage_stale(tmp_path):
+    """The manifest records the inputs as the stage found them when it started: `hsdpo data --force`
+    run beside a long SFT used to be recorded as the data SFT trained on, and SFT read as current."""
+    cfg = load_config(_recipe(tmp_path))
+    run_data(cfg)
+
+    def body(out: str) -> StageResult:
+        run_data(cfg, force=True)  # another process re-makes problems/ (its own lock) meanwhile
+        return StageResult("sft", "sft", out)
+
+    run_stage(cfg, plan(cfg, "sft"), body=body)
+    assert _states(cfg)[1] == ("sft", "stale", "input problems was re-made after this ran")
+
+
+def test_a_partial_folder_holding_only_underscore_files_is_incomplete(tmp_path):
+    """A killed SFT that had built its `_init/` model and nothing else left a folder behind all the same."""
+    cfg = load_config(_recipe(tmp_path))
+    run_data(cfg)
+    (tmp_path / "run" / "sft" / "_init").mkdir(parents=True)
+    (tmp_path / "run" / "sft" / "_init" / "config.json").write_text("{}")
+    assert _states(cfg)[1][:2] == ("sft", "incomplete")
+
+
+def test_sft_init_from_a_model_path_is_not_a_run_dir_input(tmp_path, tiny_model_dir):
+    """`sft.init_from` loads a path or hub id like every other model ref; only a stage name is an
+    input the stage waits for (before, a path was required as a stage folder and the stage refused)."""
+    cfg = load_config(_recipe(tmp_path))
+    assert plan(with_overrides(cfg, [f"sft.init_from={tiny_model_dir}"]), "sft").inputs == ("problems",)
+    assert plan(with_overrides(cfg, ["sft.init_from=Qwen/Qwen2.5-1.5B"]), "sft").inputs == ("problems",)
+    assert plan(with_overrides(cfg, ["sft.init_from=sft", "sft.output=rft"]), "sft").inputs == ("problems", "sft")
+    run_data(cfg)
+    assert _states(with_overrides(cfg, [f"sft.init_from={tiny_model_dir}"]))[1] == ("sft", "missing", "not run yet")
+    _finish(with_overrides(cfg, [f"sft.init_from={tiny_model_dir}"]), "sft")
+    assert _states(with_overrides(cfg, [f"sft.init_from={tiny_model_dir}"]))[1][1] == "current"
+
+
+def test_a_run_dir_under_home_is_expanded_not_a_folder_named_tilde(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(_recipe(tmp_path), ["run_dir=~/runs/x"])
+    run_data(cfg)
+    assert (tmp_path / "home" / "runs" / "x" / "problems" / "_manifest.json").is_file()
+    assert not (tmp_path / "~").exists() and _states(cfg)[0][1] == "current"
+
+
+def test_a_stage_that_reads_its_own_output_is_refused_before_its_folder_is_emptied(tmp_path, capsys):
+    """An RFT run given `sft.init_from=sft` without another `sft.output` emptied sft/ and then failed to
+    load the model it was to start from: the SFT model was lost. Now one line, and sft/ as it was."""
+    recipe = _recipe(tmp_path)
+    cfg = load_config(recipe)
+    run_data(cfg)
+    _finish(cfg, "sft")
+    before = _tree(tmp_path / "run" / "sft")
+    capsys.readouterr()
+    for command in ("sft", "status"):
+        assert main([command, str(recipe), "sft.init_from=sft"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == "hsdpo: sft would write sft/, which it also reads (emptied before it is read); set sft.output" \
+                      " to another folder"
+    assert _tree(tmp_path / "run" / "sft") == before
+
+
+def test_a_recipe_with_two_steps_writing_one_folder_is_refused_before_any_step(tmp_path, capsys):
+    """Each would replace the other's output on every run, and status called the second current."""
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"run_dir: {tmp_path / 'run'}\n"
+                      "steps: [{stage: data}, {stage: dpo}, {stage: dpo, overrides: [dpo.weighting=uniform]}]\n")
+    for command in ("pipeline", "status"):
+        assert main([command, str(recipe)]) == 2
+        assert capsys.readouterr().err.strip() == ("hsdpo: steps 2 and 3 of the recipe both write dpo/; give one of"
+                                                   " them another dpo.output")
+    assert not (tmp_path / "run").exists()
