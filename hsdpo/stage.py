@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hsdpo.config import PipelineConfig, dump_config
-from hsdpo.plan import Plan
+from hsdpo.plan import Plan, check_plan
 from hsdpo.rundir import REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
 
 
@@ -46,6 +46,7 @@ def run_stage(
     force: bool = False,
     preflight: Callable[[], None] | None = None,
 ) -> StageResult:
+    check_plan(plan)
     rd = RunDir(cfg.run_dir)
     stage, output, inputs = plan.stage, plan.output, list(plan.inputs)
     hashed = config_hash(cfg, plan)
@@ -55,6 +56,7 @@ def run_stage(
             return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)
         for name in inputs:
             rd.require(name)
+        seen = rd.input_hashes(inputs)  # what the body reads; recorded as such even if re-made meanwhile
         if preflight is not None:
             preflight()
         log(f"{stage} -> {rd.path(output)}; resolved config:\n{dump_config(cfg)}")
@@ -63,7 +65,7 @@ def run_stage(
         result = body(out)
         result.wall_s = time.perf_counter() - t0
         result.stage, result.output, result.path = stage, output, out
-        rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"))
+        rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"), input_hashes=seen)
     print(format_table(result), flush=True)
     return result
 
