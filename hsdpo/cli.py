@@ -45,14 +45,17 @@ def runner(stage: str) -> Callable[..., StageResult]:
 
 def run_pipeline(cfg: PipelineConfig, force: tuple[str, ...] = ()) -> list[StageResult]:
     """Run `cfg.steps` in order; a step whose outputs are complete and current is skipped."""
-    outputs = {getattr(with_overrides(cfg, s.overrides) if s.overrides else cfg, s.stage).output for s in cfg.steps}
+    from hsdpo.plan import check_steps, plan
+
+    step_cfgs = [with_overrides(cfg, s.overrides) if s.overrides else cfg for s in cfg.steps]
+    check_steps([plan(c, s.stage) for c, s in zip(step_cfgs, cfg.steps)])
+    outputs = {getattr(c, s.stage).output for c, s in zip(step_cfgs, cfg.steps)}
     unknown = [f for f in force if f not in STAGES and f not in outputs]
     if unknown:
         raise ConfigError(f"--force {unknown[0]}: not a stage ({', '.join(STAGES)}) nor an output of this recipe's steps"
                           f" ({', '.join(sorted(outputs))})")
     results = []
-    for step in cfg.steps:
-        step_cfg = with_overrides(cfg, step.overrides) if step.overrides else cfg
+    for step, step_cfg in zip(cfg.steps, step_cfgs):
         output = getattr(step_cfg, step.stage).output
         results.append(runner(step.stage)(step_cfg, force=step.stage in force or output in force))
     return results
@@ -61,11 +64,14 @@ def run_pipeline(cfg: PipelineConfig, force: tuple[str, ...] = ()) -> list[Stage
 def check_reachable(run_dir: str) -> None:
     """One look at the run dir before any stage starts: missing credentials or an unknown bucket is
     a one-line error here, not a traceback from the middle of a stage."""
-    from hsdpo.rundir import _fs
+    from hsdpo.rundir import LOCKS, _fs
 
     try:
         fs, path = _fs(run_dir)
         is_file = fs.exists(path) and fs.isfile(path)
+        # and a key below it: an object store answers a bucket's own `exists` False, whatever went
+        # wrong (no credentials, no such bucket), where a key's raises
+        fs.exists(path.rstrip("/") + "/" + LOCKS)
     except Exception as err:  # noqa: BLE001 -- whatever the storage driver raises
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InputError(f"run_dir {run_dir} cannot be reached: {type(err).__name__}: {first}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from hsdpo.config import PipelineConfig
+from hsdpo.config import ConfigError, PipelineConfig
 from hsdpo.rundir import RunDir
 
 
@@ -38,7 +38,10 @@ def plan(cfg: PipelineConfig, stage: str) -> Plan:
         return Plan("data", cfg.data.output, (), ("data", "seed"))
     if stage == "sft":
         s = cfg.sft
-        return Plan("sft", s.output, (s.data_from, *((s.init_from,) if s.init_from else ())), ("model", "sft", "seed", "data"))
+        # init_from, like every model ref, may be a path or hub id (resolve_model_path loads both): an input only when
+        # it names a stage
+        return Plan("sft", s.output, (s.data_from, *model_inputs(cfg, *((s.init_from,) if s.init_from else ()))),
+                    ("model", "sft", "seed", "data"))
     if stage == "sample":
         return Plan("sample", cfg.sample.output, (cfg.data.output, *model_inputs(cfg, cfg.sample.model_from)),
                     ("sample", "verifier", "model", "seed"))
@@ -54,3 +57,24 @@ def plan(cfg: PipelineConfig, stage: str) -> Plan:
         return Plan("eval", cfg.eval.output, (*model_inputs(cfg, *cfg.eval.models.values()), cfg.data.output),
                     ("eval", "sample", "verifier", "model", "seed"))
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def check_plan(p: Plan) -> None:
+    """A stage whose output folder is also one of its inputs (`sft.init_from=sft` for an RFT run with
+    `sft.output` left at `sft`) would empty that folder before reading it, and lose the model it was to
+    start from: a config error before anything is touched."""
+    if p.output in p.inputs:
+        raise ConfigError(f"{p.stage} would write {p.output}/, which it also reads (emptied before it is read);"
+                          f" set {p.stage}.output to another folder")
+
+
+def check_steps(plans: list[Plan]) -> None:
+    """What `hsdpo pipeline` refuses before its first step: a step that reads its own output, and two
+    steps writing one folder (each run would replace the other's output, and re-run both forever)."""
+    first: dict[str, int] = {}
+    for i, p in enumerate(plans, 1):
+        check_plan(p)
+        if p.output in first:
+            raise ConfigError(f"steps {first[p.output]} and {i} of the recipe both write {p.output}/;"
+                              f" give one of them another {p.stage}.output")
+        first[p.output] = i
