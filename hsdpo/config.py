@@ -122,22 +122,41 @@ def _parse_value(raw: str) -> Any:
         return raw
 
 
+def _index(node: list, part: str, key: str, where: str) -> int:
+    """The list position `part` names in override `key` (`data.sources.1.path`: the second source)."""
+    if not part.isdigit():
+        raise ConfigError(f"override {key}: {where} is a list; {part!r} is not an index")
+    if int(part) >= len(node):
+        raise ConfigError(f"override {key}: {where} has {len(node)} item(s), no index {part}")
+    return int(part)
+
+
 def apply_override(tree: dict[str, Any], item: str) -> None:
+    """Set dotted `key=value` in `tree`; a number indexes a list of sections, the way `hsdpo status`
+    names a changed key (`data.sources.0.synthetic.num_problems=30`)."""
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
-    parts = key.strip().split(".")
+    key = key.strip()
+    parts = key.split(".")
     if not all(parts):
         raise ConfigError(f"override {item!r} has an empty key part")
-    node = tree
+    node: Any = tree
     for i, part in enumerate(parts[:-1]):
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
+        where = ".".join(parts[:i]) or "<root>"
+        if isinstance(node, list):
+            child = node[_index(node, part, key, where)]
+        else:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+        if not isinstance(child, (dict, list)):
             raise ConfigError(f"override {key}: {'.'.join(parts[: i + 1])} is not a section")
         node = child
-    node[parts[-1]] = _parse_value(raw)
+    if isinstance(node, list):
+        node[_index(node, parts[-1], key, ".".join(parts[:-1]))] = _parse_value(raw)
+    else:
+        node[parts[-1]] = _parse_value(raw)
 
 
 def _format_error(err: ValidationError) -> str:

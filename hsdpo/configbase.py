@@ -12,12 +12,15 @@ EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # protocol -> hsd
 
 def check_location(value: str | None) -> str | None:
     """A local path, or a URI whose filesystem fsspec can open on this machine. `gs://...` without
-    gcsfs, or an unknown scheme, is then a one-line config error, not a traceback inside a stage."""
+    gcsfs, an unknown scheme, or a scheme with nothing after it is then a one-line config error, not
+    a traceback inside a stage."""
     if value is None or "://" not in value:
         return value
     import fsspec
 
-    protocol = value.split("://", 1)[0]
+    protocol, rest = value.split("://", 1)
+    if not rest.strip("/"):  # `s3://` alone: every stage folder would become a bucket of its own
+        raise ValueError(f"{value} names no bucket or folder")
     try:
         fsspec.get_filesystem_class(protocol)
     except ImportError as err:

@@ -44,11 +44,12 @@ def init_kwargs(cfg: RayConfig) -> dict:
     kwargs: dict = {"log_to_driver": True}
     if cfg.runtime_env:
         kwargs["runtime_env"] = cfg.runtime_env
-    if address:
+    if address and address != "local":
         kwargs["address"] = address
     else:
         # a new Ray of our own, as documented; without "local", ray.init joins the latest `ray start` on
-        # this machine (then refuses num_cpus with a traceback, or runs on a cluster nobody named)
+        # this machine (then refuses num_cpus with a traceback, or runs on a cluster nobody named). An
+        # address of "local", Ray's own name for this, is the same: before, it lost num_cpus and the hook
         kwargs["address"] = "local"
         kwargs["include_dashboard"] = False
         kwargs["runtime_env"] = {"worker_process_setup_hook": "hsdpo.rayutil.quiet_worker", **cfg.runtime_env}

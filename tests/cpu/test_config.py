@@ -20,6 +20,16 @@ def test_overrides_apply_with_types(tmp_path):
     assert cfg.dpo.beta == 0.2 and cfg.run_dir == "/tmp/x" and cfg.sample.n == 4 and cfg.pairs.use_gold is False
 
 
+def test_an_override_indexes_a_list_of_sections_as_status_names_its_keys(tmp_path):
+    """`hsdpo status` names a changed key `data.sources.0.synthetic.num_problems`; the same key given
+    as an override sets it (before: "data.sources is not a section")."""
+    yaml_text = "data: {sources: [{name: synthetic, synthetic: {num_problems: 20}}, {name: synthetic, split: test}]}\n"
+    cfg = load_config(write(tmp_path, yaml_text + "steps: [{stage: data}]\n"),
+                      ["data.sources.0.synthetic.num_problems=30", "data.sources.1.seed=4", "steps.0.stage=sft"])
+    assert cfg.data.sources[0].synthetic.num_problems == 30 and cfg.data.sources[1].seed == 4
+    assert cfg.data.sources[1].split == "test" and cfg.steps[0].stage == "sft"
+
+
 def test_no_file_gives_defaults():
     assert load_config(None) == PipelineConfig()
 
@@ -49,6 +59,12 @@ def test_no_file_gives_defaults():
         ("", ["sft.eval_every=10"], "eval_every needs eval_fraction > 0"),
         ("", ["dpo.eval_fraction=1"], "bad config value at dpo.eval_fraction"),
         ("", ["run_dir=foo://bucket/run"], "bad config value at run_dir: Value error, no filesystem is known for foo://"),
+        ("", ["run_dir=s3://"], "bad config value at run_dir: Value error, s3:// names no bucket or folder"),
+        ("", ["run_dir=file://"], "bad config value at run_dir: Value error, file:// names no bucket or folder"),
+        ("data: {sources: [{name: synthetic}]}\n", ["data.sources.1.split=test"],
+         "override data.sources.1.split: data.sources has 1 item(s), no index 1"),
+        ("data: {sources: [{name: synthetic}]}\n", ["data.sources.first.split=test"],
+         "override data.sources.first.split: data.sources is a list; 'first' is not an index"),
         ("data: {sources: [{name: gsm8k, path: 'bar://b/train.jsonl'}]}\n", [],
          "bad config value at data.sources.0.path: Value error, no filesystem is known for bar://"),
     ],
@@ -137,16 +153,18 @@ def test_an_unreachable_run_dir_is_one_line_before_any_stage(tmp_path, capsys, m
     for key in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
         monkeypatch.setenv(key, str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    run_dir = f"s3://hsdpo-no-credentials-{tmp_path.name}/run"
     import fsspec
 
+    bucket = f"s3://hsdpo-no-credentials-{tmp_path.name}"
     fsspec.filesystem("s3").clear_instance_cache()  # an s3fs made by another test would keep its session
     try:
-        assert main(["data", str(write(tmp_path, "")), f"run_dir={run_dir}"]) == 2
+        # a bucket's root too: s3fs answers `exists` of a bucket False whatever the error
+        for run_dir in (f"{bucket}/run", bucket):
+            assert main(["data", str(write(tmp_path, "")), f"run_dir={run_dir}"]) == 2
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"hsdpo: run_dir {run_dir} cannot be reached: NoCredentialsError") and "\n" not in err
     finally:  # and the credential-less one made here must not serve later tests
         fsspec.filesystem("s3").clear_instance_cache()
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"hsdpo: run_dir {run_dir} cannot be reached: NoCredentialsError") and "\n" not in err
 
 
 def test_a_run_dir_that_is_a_file_or_below_one_is_one_line(tmp_path, capsys):
@@ -203,6 +221,10 @@ def test_a_local_ray_quiets_ray_trains_state_api_warning_and_a_cluster_is_left_a
     assert local["runtime_env"] == {"worker_process_setup_hook": "hsdpo.rayutil.quiet_worker", "env_vars": {"A": "1"}}
     own = init_kwargs(RayConfig(runtime_env={"worker_process_setup_hook": "mine.setup"}))
     assert own["runtime_env"] == {"worker_process_setup_hook": "mine.setup"}
+    # Ray's own name for a new local Ray keeps its size and the hook (before, both were dropped)
+    named = init_kwargs(RayConfig(address="local", num_cpus=2))
+    assert named["address"] == "local" and named["num_cpus"] == 2 and named["include_dashboard"] is False
+    assert named["runtime_env"] == {"worker_process_setup_hook": "hsdpo.rayutil.quiet_worker"}
     cluster = init_kwargs(RayConfig(address="ray://head:10001"))
     assert cluster == {"log_to_driver": True, "address": "ray://head:10001"}
     monkeypatch.setenv("RAY_ADDRESS", "one-already-set")  # a worker's own address is left as it is
