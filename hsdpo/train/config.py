@@ -158,7 +158,7 @@ OWN_DS_SUBKEYS = {"zero_optimization": ("stage", "offload_optimizer", "offload_p
 class SFTConfig(TrainConfig):
     output: str = Field("sft", description="run-dir folder written")
     data_from: str = Field("problems", description='"problems" (gold solutions) or a pairs folder (its chosen column, RFT)')
-    init_from: str | None = Field(None, description="None = cfg.model (or build from preset); else a stage folder, e.g. sft")
+    init_from: str | None = Field(None, description="None = cfg.model (or build from preset); else a run-dir stage folder (e.g. sft), a model path or a hub id")
     split: str = Field("train", description="problems split trained on")
 
 
