@@ -17,7 +17,8 @@ MARKER_RULES = ("hash", "answer_is", "boxed")
 
 _HASH = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"\b(?:the|final|my)\s+(?:final\s+)?answer\s+is\b:?[ \t]*", re.I)
-_NUMBER = re.compile(r"-?\$?\d[\d,]*(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# Thousands separators only in groups of three: "72, which" ends in 72, "1,2,3" in 3.
+_NUMBER = re.compile(r"-?\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
 
 
@@ -52,15 +53,22 @@ def last_boxed(text: str) -> str | None:
 
 
 _ANNOTATION = re.compile(r"<<[^<>\n]{0,200}>>")
+# Math delimiters opening an answer: `$x$`, `$$x$$`, `\(x\)`, `\[x\]`. Inside `$...$` an escaped `\$`
+# is text, and a `$` before a digit opens a price (`$18 and $20`), so it closes nothing.
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$((?:[^$\\]|\\.)+?)\$(?!\d)|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+_DOLLAR = re.compile(r"(?<!\\)\$")
 
 
 def _clean_tail(s: str) -> str:
     s = s[: 4 * MAX_ANSWER_CHARS].strip()
     if "<<" in s:  # "The answer is <<8=8>>8."
         s = _ANNOTATION.sub("", s).strip()
-    if s.count("$") % 2 == 0:
+    s = s.strip("*").strip()  # markdown bold: "**72**"
+    if (math := _MATH_SPAN.match(s)) is not None:  # "$\boxed{\$36}$. I hope it is correct."
+        s = next(g for g in math.groups() if g is not None).strip()
+    elif len(_DOLLAR.findall(s)) % 2 == 0:
         s = s.strip("$").strip()
-    s = s.rstrip(".").strip()
+    s = s.rstrip(".*").strip()
     if s.startswith("\\boxed") and (inner := last_boxed(s)) is not None:
         s = inner
     return _cap(s)

@@ -54,6 +54,7 @@ class _Analysis:
     steps: list[Step]
     comps: list[Computation] = field(default_factory=list)
     error_steps: set[int] = field(default_factory=set)
+    stated: dict[int, tuple[Fraction, ...]] = field(default_factory=dict)  # step -> numbers after `=`
     logic_breaks: int = 0
     logic_checks: int = 0
     flags: list[str] = field(default_factory=list)
@@ -114,6 +115,8 @@ def _analyse_steps(text: str, question: str | None, cfg: VerifierConfig, limits:
             a.flags.append("timeout")
             break
         check = check_step(step, limits, cfg.step_tolerance_ulps)
+        if check.stated:
+            a.stated[step.index] = check.stated
         for c in check.computations:
             a.comps.append(c)
             if not c.ok:
@@ -123,7 +126,7 @@ def _analyse_steps(text: str, question: str | None, cfg: VerifierConfig, limits:
                 if not all(is_grounded(o.value, o.decimals, known) for o in c.operands):
                     a.logic_breaks += 1
                     _flag_step(a, step.index, "ungrounded_operand")
-                known.update((abs(c.value), abs(c.shown)))
+                known.update((abs(c.value), abs(c.shown), *(abs(v) for v in c.partials)))
         if known is not None:  # a quantity stated in a step grounds the steps after it
             known.update(abs(v) for v in check.quantities)
     _check_named_values(a, limits)
@@ -131,19 +134,22 @@ def _analyse_steps(text: str, question: str | None, cfg: VerifierConfig, limits:
 
 
 def _check_final(a: _Analysis, pred: str, pred_value: Fraction | None, answer_at: int) -> None:
-    """The final answer should be a result of the last step that computes (possibly x100: cents, %)."""
+    """The final answer should be a result of the last step that computes (possibly x100: cents, %),
+    or be written after an `=` between that step and the answer: an equation we cannot check
+    (`3 green hats + 16 pink hats = 19 hats`) still computes it."""
     if pred_value is None or not a.comps:
         return
     last_step = a.comps[-1].step
+    answer_step = max((s.index for s in a.steps if s.start <= answer_at), default=len(a.steps) - 1)
     scales = (1, 100, Fraction(1, 100))
     results = {v * k for c in a.comps if c.step == last_step for v in (c.shown, c.value) for k in scales}
+    results.update(v * k for i, vs in a.stated.items() if last_step <= i <= answer_step for v in vs for k in scales)
     a.logic_checks += 1
     rounded = any(result_matches(c.value * k, pred_value, _decimals(pred)) for c in a.comps[-1:] for k in (1, 100))
     if pred_value in results or rounded:
         return
     a.logic_breaks += 1
-    step = max((s.index for s in a.steps if s.start <= answer_at), default=len(a.steps) - 1)
-    _flag_step(a, max(step, 0), "final_not_last_result")
+    _flag_step(a, max(answer_step, 0), "final_not_last_result")
 
 
 def _decimals(answer: str) -> int:

@@ -53,7 +53,9 @@ _SKIP = r"(?=((?:\s|\\?\$|\\[,!;: ]|\\q?quad\b|\\displaystyle\b|\\left\.|\\right
 _ALTERNATIVES = (
     r"(?P<MIXED>(?<![\d.,/])[1-9]\d{0,2}(?:\s+and)?\s+\d{1,2}/\d{1,2}(?![\d.,/]))",
     rf"(?P<NUM>{_NUM}(?:\.\.\.|…)?(?:\s*\\?%)?)",
-    r"(?P<WOP>(?:plus|minus|times|divided\s+by|multiplied\s+by)(?![A-Za-z]))|(?P<WEQ>equals(?![A-Za-z]))",
+    # A word operator needs an operand after it: "55 times." and "3 times a week" are words.
+    r"(?P<WOP>(?:plus|minus|times|divided\s+by|multiplied\s+by)(?![A-Za-z])(?=\s*(?:[-\d($]|\.\d|\\\$)))"
+    r"|(?P<WEQ>equals(?![A-Za-z]))",
     r"(?P<OP>\*\*|//|[-+*/^×÷·−–]|\\(?:times|cdot|ast|div)(?![A-Za-z])|(?<=\s)x(?=\s))",
     r"(?P<LP>\\left\s*[(\[]|\()|(?P<RP>\\right\s*[)\]]|\))|(?P<LB>\{)|(?P<RB>\})|(?P<EQ>=)",
     r"(?P<FRAC>\\[dt]?frac(?![A-Za-z]))|(?P<SQRT>\\sqrt(?:\s*\[\s*(?P<ROOT>\d{1,2})\s*\])?(?![A-Za-z]))",
@@ -68,6 +70,7 @@ _OPS = {
 }
 _WORD_OPS = {"plus": "+", "minus": "-", "times": "*", "divided": "/", "multiplied": "*"}
 _FRAC_DIGITS = re.compile(r"\\([dt]?frac)\s*(\d)\s*(\d)")
+_LATEX_THOUSANDS = re.compile(r"(?<=\d)(?:,\\!|\{,\})\s*(?=\d{3}(?!\d))")
 _POW10 = [10**k for k in range(64)]
 
 
@@ -99,7 +102,8 @@ def _number(text: str, start: int, end: int, limits: Limits) -> Tok:
 def tokenize(text: str, limits: Limits = DEFAULT_LIMITS, _pattern: re.Pattern[str] = _TOKEN) -> list[Tok]:
     """Tokens of `text`; whitespace, `$` and LaTeX spacing vanish, anything unknown is a BREAK."""
     text = _FRAC_DIGITS.sub(r"\\\1{\2}{\3}", text) if "frac" in text else text
-    text = text.replace(",\\!", ",") if "\\!" in text else text  # LaTeX thousands: 729,\!000
+    if "\\!" in text or "{,}" in text:  # LaTeX thousands: 729,\!000, 11,\! 111, 1{,}000
+        text = _LATEX_THOUSANDS.sub(",", text)
     toks: list[Tok] = []
     for m in _pattern.finditer(text):
         kind = m.lastgroup
@@ -182,6 +186,7 @@ class _Parser:
         if len(toks) > limits.max_tokens:
             raise LimitExceeded("expression too long")
         self.toks, self.limits, self.i, self.depth = toks, limits, 0, 0
+        self.partials: list[Fraction] = []  # the value of every operation, in evaluation order
 
     def peek(self) -> Tok | None:
         return self.toks[self.i] if self.i < len(self.toks) else None
@@ -213,6 +218,7 @@ class _Parser:
             self.i += 1
             rhs = self.term()
             v = _check_size(v + rhs if t.text == "+" else v - rhs, self.limits)
+            self.partials.append(v)
         self.depth -= 1
         return v
 
@@ -230,6 +236,7 @@ class _Parser:
             else:
                 break
             v = _check_size(v, self.limits)
+            self.partials.append(v)
         return v
 
     def unary(self) -> Fraction:
@@ -250,7 +257,9 @@ class _Parser:
             self.enter()
             exp = self.unary()
             self.depth -= 1
-            return power(base, exp, self.limits)
+            v = power(base, exp, self.limits)
+            self.partials.append(v)
+            return v
         return base
 
     def group(self) -> Fraction:
@@ -288,7 +297,9 @@ class _Parser:
             self.depth -= 1
             if den == 0:
                 raise NotExact("division by zero")
-            return _check_size(num / den, self.limits)
+            v = _check_size(num / den, self.limits)
+            self.partials.append(v)
+            return v
         if t.kind == "SQRT":
             self.i += 1
             self.enter()
@@ -303,6 +314,13 @@ def evaluate_tokens(toks: list[Tok], limits: Limits = DEFAULT_LIMITS) -> Fractio
     return _Parser(toks, limits).parse()
 
 
+def evaluate_partials(toks: list[Tok], limits: Limits = DEFAULT_LIMITS) -> tuple[Fraction, tuple[Fraction, ...]]:
+    """Exact value of a token list and the value of each operation in it (`2*3 + 4*5`: 6, 20, 26)."""
+    parser = _Parser(toks, limits)
+    value = parser.parse()
+    return value, tuple(parser.partials)
+
+
 def has_operator(toks: list[Tok]) -> bool:
     """True for a computation (`3+4`, `\\frac{1}{2}`, `86(2)`), false for a lone, possibly signed number."""
     for i, t in enumerate(toks):
@@ -315,20 +333,26 @@ def has_operator(toks: list[Tok]) -> bool:
 
 _SCI = re.compile(r"([-+]?)(\d+(?:\.\d+)?|\.\d+)[eE]([-+]?\d{1,12})")
 _UNITS_TAIL = re.compile(r"(?:\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[A-Za-z][A-Za-z.'’]*)+\s*$")
-_STRIP = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\%|%|\\!|\\,|\\;|\\ |\\\$|\$|\\left\.|\\right\.")
+_STRIP = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\%|%|\\!|\\,|\\;|\\ |\\\$|\$|\\left\.|\\right\.")
 _ASSIGN = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*=\s*")
+_WRAPPED = re.compile(r"\\(?:text|textbf|mathbf|mathrm|mbox)\s*\{([^{}]*)\}")  # `\text{73}`, `\mathbf{72}`
 
 
 def parse_number(text: str, limits: Limits = DEFAULT_LIMITS) -> Fraction | None:
     """Exact value of a final answer written as a number or numeric expression, else None.
 
-    Handles `1,000`, `$5`, `50%`, `72 clips`, `x = 3`, `1/2`, `-0`, `3.0`, `1.5e3`, `\\frac{3}{4}`,
-    `2^{10}`, `\\sqrt{16}`. Raises LimitExceeded for oversized values (`1e999999999`, `9^9^9`).
+    Handles `1,000`, `10,\\!080`, `$5`, `50%`, `72 clips`, `72°`, `\\text{72}`, `x = 3`, `1/2`, `-0`, `3.0`,
+    `1.5e3`, `\\frac{3}{4}`, `2^{10}`, `\\sqrt{16}`. Raises LimitExceeded for oversized values (`1e999999999`,
+    `9^9^9`).
     """
     s = text.strip()
     if len(s) > limits.max_tokens * 8:
         raise LimitExceeded("answer too long")
+    if (wrapped := _WRAPPED.fullmatch(s)) is not None:
+        s = wrapped.group(1).strip()
     s = _ASSIGN.sub("", s)
+    if "\\!" in s or "{,}" in s:  # before `\!` is stripped: `10,\!080` is 10080
+        s = _LATEX_THOUSANDS.sub(",", s)
     s = _STRIP.sub(" ", s)
     if len(s) <= 200:  # units are short; the regex is quadratic in what it scans
         s = _UNITS_TAIL.sub("", s)

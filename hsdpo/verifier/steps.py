@@ -28,6 +28,7 @@ from hsdpo.verifier.exact import (
     Limits,
     NotExact,
     Tok,
+    evaluate_partials,
     evaluate_tokens,
     has_operator,
     tokenize,
@@ -61,6 +62,7 @@ class Computation:
     operands: tuple[Operand, ...]
     ok: bool
     source: str  # "annotation" | "inline"
+    partials: tuple[Fraction, ...] = ()  # value of each operation of the computed side (`2*23 - 4`: 46, 42)
 
 
 def split_steps(text: str) -> list[Step]:
@@ -288,7 +290,7 @@ def _check_pair(
     if not has_operator(comp):
         return None
     try:
-        value = evaluate_tokens(comp, limits)
+        value, partials = evaluate_partials(comp, limits)
         shown, decimals = shown_res if shown_res is not None else (evaluate_tokens(shown_toks, limits), 0)
     except (NotExact, LimitExceeded):
         return None
@@ -301,8 +303,15 @@ def _check_pair(
         ok = result_matches(value, shown_toks[0].value, shown_toks[0].decimals, ulps)  # type: ignore[arg-type]
     if not ok and any("%" in t.text or t.text == "/" for t in comp + shown_toks):
         ok = any(_matches_variant(c, s, limits, tol) for c, s in _variants(comp, (shown, decimals))[1:])
-    operands = _operands(comp) + (() if shown_res is not None else _operands(shown_toks))
-    return Computation(step, text[comp[0].start : comp[-1].end], value, shown, decimals, operands, ok, source)
+    # A shown expression may use what the computed side works out: `2 * 23 - 4 = 46 - 4` (46 = 2 * 23).
+    shown_operands: tuple[Operand, ...] = ()
+    if shown_res is None:
+        worked_out = set(partials)
+        shown_operands = tuple(o for o in _operands(shown_toks) if o.value not in worked_out)
+    return Computation(
+        step, text[comp[0].start : comp[-1].end], value, shown, decimals, _operands(comp) + shown_operands, ok, source,
+        partials,
+    )
 
 
 def _matches_variant(comp: list[Tok], shown: tuple[Fraction, int], limits: Limits, ulps: float) -> bool:
@@ -328,6 +337,27 @@ def _computations(step: int, toks: list[Tok], text: str, source: str, limits: Li
 class StepCheck:
     computations: list[Computation]
     quantities: tuple[Fraction, ...]  # every number written in the step's visible text
+    # numbers written right after an `=`, checkable or not (`3 green hats + 16 pink hats = 19 hats`)
+    stated: tuple[Fraction, ...] = ()
+
+
+def _stated(toks: list[Tok]) -> tuple[Fraction, ...]:
+    """Each lone (possibly signed) number right after an `=`: `= 19 hats`, `= $135/person`, not the
+    3 of `= 3 + 4`."""
+    out = []
+    n = len(toks)
+    for i in range(n - 1):
+        if toks[i].kind != "EQ":
+            continue
+        j = i + 2 if toks[i + 1].kind == "OP" else i + 1  # the number's index
+        side = _side_result(toks[i + 1 : j + 1])
+        if side is None:
+            continue
+        nxt, unit = toks[j + 1] if j + 1 < n else None, toks[j + 2] if j + 2 < n else None
+        per_unit = nxt is not None and nxt.text == "/" and unit is not None and unit.text.isalpha()
+        if nxt is None or nxt.kind in ("EQ", "BREAK") or per_unit:
+            out.append(side[0])
+    return tuple(out)
 
 
 def check_step(step: Step, limits: Limits = DEFAULT_LIMITS, ulps: float = 1.0) -> StepCheck:
@@ -342,7 +372,8 @@ def check_step(step: Step, limits: Limits = DEFAULT_LIMITS, ulps: float = 1.0) -
         if (c.value, c.shown) not in seen:
             seen.add((c.value, c.shown))
             comps.append(c)
-    return StepCheck(comps, tuple(t.value for t in toks if t.kind == "NUM" and t.value is not None))
+    quantities = tuple(t.value for t in toks if t.kind == "NUM" and t.value is not None)
+    return StepCheck(comps, quantities, _stated(toks))
 
 
 def step_computations(step: Step, limits: Limits = DEFAULT_LIMITS, ulps: float = 1.0) -> list[Computation]:

@@ -57,6 +57,17 @@ def _symbolic_child() -> None:
         ("It costs $1,234.50 in total", "1,234.50", "last_number"),
         ("so our answer is correct: 12", "12", "last_number"),
         ("\\boxed{3 + 4", "4", "last_number"),
+        # math delimiters around the answer, an escaped dollar inside them, prose after them
+        ("The final answer is $\\boxed{\\$36}$.", "\\$36", "answer_is"),
+        ("Final Answer: The final answer is $\\frac{\\pi}{2}$. I hope it is correct.", "\\frac{\\pi}{2}", "answer_is"),
+        ("The answer is $\\sqrt{2}$ meters.", "\\sqrt{2}", "answer_is"),
+        ("The answer is \\(73\\).", "73", "answer_is"),
+        ("The answer is \\[72\\]", "72", "answer_is"),
+        ("The answer is: **72**", "72", "answer_is"),
+        ("**The answer is: 72**", "72", "answer_is"),
+        ("So she sold 72, which is all of them", "72", "last_number"),
+        ("the sequence 1,2,3", "3", "last_number"),
+        ("She sold 1,000, in total", "1,000", "last_number"),
         ("no numbers here", None, "none"),
     ],
 )
@@ -94,6 +105,13 @@ def test_extract_answer(text: str, answer: str | None, rule: str) -> None:
         ("x^2+2", "1+x^2", False),
         ("1e999999999", "72", False),
         ("10^{10^{10}}", "72", False),
+        ("10080", "10,\\!080", True),  # LaTeX thousands separators (MATH-500 golds)
+        ("32348", "\\$32,\\!348", True),
+        ("11111111100", "11,\\! 111,\\! 111,\\! 100", True),
+        ("1{,}000", "1000", True),
+        ("10081", "10,\\!080", False),
+        ("90°", "90^\\circ", True),
+        ("72 ° F", "72", True),
     ],
 )
 def test_answers_equivalent(pred: str, gold: str, equal: bool) -> None:
@@ -104,7 +122,9 @@ def test_answers_equivalent(pred: str, gold: str, equal: bool) -> None:
 @pytest.mark.parametrize(
     "text, value",
     [("1,234.5", Fraction(2469, 2)), ("$-3", Fraction(-3)), ("2^{10}", Fraction(1024)), ("\\sqrt{16}", Fraction(4)),
-     ("3\\frac{1}{4}", Fraction(13, 4)), ("\\frac{6}{4}", Fraction(3, 2)), ("pi", None), ("(1, 2)", None)],
+     ("3\\frac{1}{4}", Fraction(13, 4)), ("\\frac{6}{4}", Fraction(3, 2)), ("pi", None), ("(1, 2)", None),
+     ("10,\\!080", Fraction(10080)), ("\\$32,\\!348", Fraction(32348)), ("1,\\!2", None),
+     ("\\text{73}", Fraction(73)), ("\\mathbf{-5}", Fraction(-5)), ("72°", Fraction(72)), ("\\text{(C)}", None)],
 )
 def test_parse_number(text: str, value: Fraction | None) -> None:
     assert parse_number(text) == value
@@ -146,6 +166,8 @@ def test_parse_number_limits(text: str) -> None:
         ("he used 25 / 1/3 = 75 decorations", [True]),
         ("7 x 60 = 420 + 23 = 443", [True, True]),
         ("It is 6:00+48=6:48 PM", []),
+        ("In five minutes, the cats meow 5*11=55 times.", [True]),  # "times." is a word, not an operator
+        ("$1{,}000 \\times 3 = 3{,}000$", [True]),
     ],
 )
 def test_step_computations(text: str, oks: list[bool]) -> None:
@@ -197,6 +219,36 @@ def test_ungrounded_operand_counts_toward_logic() -> None:
     assert v.profile.logic == pytest.approx(1 / 2)
     assert v.first_error_step == 0 and "ungrounded_operand" in v.flags
     assert verify("Tom has 5+3 = <<5+3=8>>8 apples.\n#### 8", "8", q).profile.logic == 0.0
+
+
+@pytest.mark.parametrize(
+    "question, solution, answer",
+    [
+        # the last equation cannot be checked (three unit words, two kinds of hats), yet it states the answer
+        ("There are 15 green hats and 26 pink hats. Carl takes 4 pink hats and John 6 pink hats and 12 green "
+         "hats. How many green and pink hats remain?",
+         "26-4 = 22 and 22-6 = 16 pink hats remain.\n15-12 = 3 green hats remain.\n"
+         "So 3 green hard hats + 16 pink hard hats = 19 hard hats remain.\n#### 19", "19"),
+        # a chain that works out part of the computed side before going on: 46 is 2 * 23
+        ("Joe caught the ball 23 times. Derek made four less than double the catches Joe did. How many did Derek "
+         "catch?", "Derek caught the ball 2 * 23 - 4 = 46 - 4 = 42 times.\n#### 42", "42"),
+        ("Joe caught the ball 23 times. Derek made four less than double the catches Joe did. How many did Derek "
+         "catch?", "Derek caught the ball 2 * 23 - 4 = 42 times.\n#### 42", "42"),
+    ],
+)
+def test_plain_chains_without_annotations_are_sound(question: str, solution: str, answer: str) -> None:
+    v = verify(solution, answer, question)
+    assert v.correct and v.profile.logic == 0 and v.first_error_step is None, v.flags
+
+
+def test_uncheckable_last_equation_still_links_only_its_own_result() -> None:
+    q = "There are 3 green hats and 16 pink hats. How many hats are there?"
+    sol = "So 3 green hard hats + 16 pink hard hats = 19 hard hats.\n#### 20"
+    v = verify("3+0 = 3 green.\n" + sol, "19", q)
+    assert "final_not_last_result" in v.flags and v.first_error_step == 2
+    # a number after `=` in a step before the last checked computation links nothing
+    v = verify("3 green hard hats + 16 pink hard hats = 19 hard hats.\nSo 3+0 = 3.\n#### 19", "19", q)
+    assert "final_not_last_result" in v.flags
 
 
 def test_conflicting_values_count_toward_logic() -> None:
