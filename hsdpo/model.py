@@ -121,8 +121,9 @@ def load_model(name_or_path: str, trust_remote_code: bool = False, dtype: str = 
 
 def resolve_model_path(run_dir: str, ref: str) -> str:
     """`ref` is a run-dir stage folder holding a model (`sft`, `dpo`), or a path / hub id.
-    Stage folders keep the HF model under `<stage>/model/`."""
-    from hsdpo.rundir import RunDir, _fs
+    Stage folders keep the HF model under `<stage>/model/`. A `~/` path comes back expanded (the
+    loaders would take it for a hub id)."""
+    from hsdpo.rundir import RunDir, _fs, is_uri
 
     rd = RunDir(run_dir)
     candidate = rd.path(ref, "model")
@@ -134,7 +135,8 @@ def resolve_model_path(run_dir: str, ref: str) -> str:
 
         raise InputError(f"model {ref}: stage output {rd.path(ref)} holds no model (model/config.json); run its stage first")
     check_model_source(ref)
-    return ref
+    local = os.path.expanduser(ref)
+    return local if not is_uri(ref) and os.path.isdir(local) else ref
 
 
 def check_model_source(ref: str, what: str = "model", needs: str | None = "config.json") -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hsdpo.configbase import RUN_ONLY, StrictModel
 from hsdpo.prompts import STOP_STRINGS
 
 # An actor pool: a fixed size n, or an autoscaling range [min, max].
 Pool = int | tuple[int, int]
+VLLM_MAX_TEMPERATURE = 2.0  # vllm.SamplingParams refuses a higher one
 
 
 class VLLMConfig(StrictModel):
@@ -21,7 +22,8 @@ class VLLMConfig(StrictModel):
     max_num_seqs: int = Field(256, ge=1, description="sequences one engine decodes at once")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of GPU memory vLLM may take")
     max_model_len: int | None = Field(None, ge=1, description="context length (None = the model's)")
-    dtype: str = Field("auto", description="weights/activations dtype passed to vLLM")
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = Field(
+        "auto", description="weights/activations dtype passed to vLLM")
     accelerator_type: str | None = Field(None, description="Ray accelerator type of the replicas (e.g. H100)")
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra vLLM engine kwargs, merged last")
 
@@ -45,7 +47,8 @@ class SampleConfig(StrictModel):
     num_gpus: float = Field(0.0, ge=0, description="GPUs per hf sampler actor (0 = CPU); vllm uses tensor_parallel_size")
     num_cpus: float = Field(1.0, ge=0, description="logical CPUs per sampler actor")
     torch_threads: int | None = Field(None, ge=1, description="torch threads in an hf sampler actor (None = torch's default)")
-    dtype: str = Field("auto", description="hf model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="hf model dtype: auto (bf16 on GPU, fp32 on CPU), float32, bfloat16, float16")
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
     # --- verifier actors (in the same stream)
@@ -64,3 +67,10 @@ class SampleConfig(StrictModel):
     crash_once_marker: str | None = Field(
         None, description="testing aid: the hf sampler process exits on its first batch if this file does not exist "
                           "(and creates it), to exercise actor restarts", json_schema_extra=RUN_ONLY)
+
+    @model_validator(mode="after")
+    def _vllm_temperature(self) -> "SampleConfig":
+        if self.backend == "vllm" and self.temperature > VLLM_MAX_TEMPERATURE:
+            raise ValueError(f"temperature {self.temperature:g}: vLLM samples at temperatures up to "
+                             f"{VLLM_MAX_TEMPERATURE:g} (backend vllm)")
+        return self

@@ -14,10 +14,16 @@ decodes it, nor on the global torch RNG. It is bit-identical whenever the same r
 together on the same device; across batch compositions only the model's float rounding (padding
 changes the matmul shapes) can flip a near-tie. Temperature 0 is greedy.
 
+Decoding is only what this class is given: the checkpoint's `generation_config.json` (a repetition
+penalty, suppressed tokens, its own sampling defaults) is not applied, as in the `vllm` backend;
+its eos ids do end a sample, besides the tokenizer's, as they do in vLLM.
+
 Outputs per row: `completion` (generated text without the prompt, eos and stop string),
 `finish_reason` ("stop": eos or a stop string; "length": max_new_tokens reached; "error"),
 `num_tokens` (generated tokens, eos/stop tokens included) and `error` ("" or the message). A batch
-that raises is retried row by row, so one bad row costs its own sample, never the job.
+that raises is retried row by row, so one bad row costs its own sample, never the job. A prompt
+longer than the model's context (`max_position_embeddings`) is an "error" row without decoding
+(vLLM refuses it too), so one hostile question cannot pad a whole batch to its length.
 """
 
 from __future__ import annotations
@@ -78,6 +84,16 @@ def _top_p_mask(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def _token_ids(*ids: Any) -> list[int]:
+    """Token ids from ints, lists of ints and Nones, in order, each once."""
+    out: list[int] = []
+    for x in ids:
+        for i in x if isinstance(x, (list, tuple)) else [x]:
+            if isinstance(i, int) and i >= 0 and i not in out:
+                out.append(i)
+    return out
+
+
 def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
     if dtype == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -95,7 +111,7 @@ class HFSampler:
                  stop_strings: Sequence[str] = (), device: str | None = None, dtype: str = "auto",
                  torch_threads: int | None = None, trust_remote_code: bool = False,
                  crash_once_marker: str | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
         from hsdpo.rundir import fetch_dir
 
@@ -113,8 +129,13 @@ class HFSampler:
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.stop_strings = [s for s in stop_strings if s]
         self.crash_once_marker = crash_once_marker
-        self.eos_id = self.tokenizer.eos_token_id
-        self.pad_id = self.tokenizer.pad_token_id
+        # `generate` fills each setting it is not given from the checkpoint's generation config
+        shipped, self.model.generation_config = self.model.generation_config, GenerationConfig()
+        self.eos_ids = _token_ids(self.tokenizer.eos_token_id, shipped.eos_token_id)
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else (self.eos_ids[0] if self.eos_ids else 0)
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        self.context = context if isinstance(context, int) and context > 0 else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._maybe_crash()
@@ -142,21 +163,43 @@ class HFSampler:
         """(completion, finish_reason, num_tokens, error) per prompt."""
         from transformers import GenerationConfig, LogitsProcessorList
 
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
-        prompt_len = enc["input_ids"].shape[1]
-        seeds_t = torch.tensor(seeds, dtype=torch.int64, device=self.device)
+        ids = self.tokenizer(prompts)["input_ids"]
+        results: list[tuple[str, str, int, str] | None] = [None] * len(prompts)
+        for i, x in enumerate(ids):
+            if self.context is not None and len(x) > self.context:
+                results[i] = ("", "error", 0,
+                              f"prompt of {len(x)} tokens is longer than the model's context ({self.context})")
+        todo = [i for i, r in enumerate(results) if r is None]
+        if not todo:
+            return results
+        input_ids, mask = self._pad_left([ids[i] for i in todo])
+        prompt_len = input_ids.shape[1]
+        seeds_t = torch.tensor([seeds[i] for i in todo], dtype=torch.int64, device=self.device)
         gen_cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                                   eos_token_id=self.eos_id, pad_token_id=self.pad_id,
+                                   eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id,
                                    stop_strings=self.stop_strings or None)
         sampling = SeededSampling(seeds_t, prompt_len, self.temperature, self.top_p)
-        out = self.model.generate(**enc, generation_config=gen_cfg, tokenizer=self.tokenizer,
-                                  logits_processor=LogitsProcessorList([sampling]))
+        out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg,
+                                  tokenizer=self.tokenizer, logits_processor=LogitsProcessorList([sampling]))
         new = out[:, prompt_len:].cpu().numpy()  # [B, T_new]
-        return [self._finish(row) for row in new]
+        for i, row in zip(todo, new):
+            results[i] = self._finish(row)
+        return results
+
+    def _pad_left(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded input ids and attention mask (a tokenizer without a pad token pads too)."""
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            if x:
+                input_ids[row, width - len(x):] = torch.tensor(x, dtype=torch.long)
+                mask[row, width - len(x):] = 1
+        return input_ids.to(self.device), mask.to(self.device)
 
     def _finish(self, tokens: np.ndarray) -> tuple[str, str, int, str]:
         """Cut one row's new tokens at eos / padding / stop string; count what was generated."""
-        eos = np.flatnonzero(tokens == self.eos_id)
+        eos = np.flatnonzero(np.isin(tokens, self.eos_ids))
         if eos.size:
             n, text_tokens, hit_eos = int(eos[0]) + 1, tokens[: eos[0]], True
         else:
@@ -167,6 +210,8 @@ class HFSampler:
         text = self.tokenizer.decode(text_tokens, skip_special_tokens=True)
         cut = min((i for i in (text.find(s) for s in self.stop_strings) if i >= 0), default=-1)
         if cut >= 0:
+            if hit_eos and tokens[n - 1] == self.pad_id:  # the stop string ended the row, padded with eos
+                n -= 1
             return text[:cut], "stop", n, ""
         return text, "stop" if hit_eos else "length", n, ""
 

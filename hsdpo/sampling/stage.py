@@ -15,21 +15,19 @@ hsdpo.sampling.pipeline.
 
 from __future__ import annotations
 
+from typing import Any
+
 from hsdpo.config import InputError, PipelineConfig
 from hsdpo.plan import plan
 from hsdpo.rundir import StageResult
 from hsdpo.stage import log, run_stage
 
 
-def _build(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
-    from hsdpo.data.stage import load_problems
+def _build(cfg: PipelineConfig, out: str, model_path: str, problems: list[dict]) -> StageResult:
     from hsdpo.rayutil import init_ray
     from hsdpo.sampling.pipeline import sample_and_verify
 
     s = cfg.sample
-    problems = load_problems(cfg, split=s.split, limit=s.limit)
-    if not problems:
-        raise InputError(f"sample: no problems in split {s.split!r} of {cfg.data.output}/")
     log(f"sample: {len(problems)} problems x n={s.n} from {model_path} ({s.backend} backend, "
         f"verify={'on' if s.verify else 'off'})")
     init_ray(cfg.ray)
@@ -51,14 +49,28 @@ def run_sample(cfg: PipelineConfig, force: bool = False) -> StageResult:
         require_vllm()  # a one-line error before any work
     from hsdpo.model import resolve_model_path
 
-    resolved: dict[str, str] = {}  # by the preflight, once the model's stage is known to be there
+    # by the preflight, once the inputs are known to be there and before the old samples are removed
+    resolved: dict[str, Any] = {}
 
     def preflight() -> None:
+        resolved["problems"] = problems_to_decode(cfg, "sample", cfg.sample.split, cfg.sample.limit)
         resolved["model"] = resolve_model_path(cfg.run_dir, cfg.sample.model_from)
         check_pools(cfg)
 
-    return run_stage(cfg, plan(cfg, "sample"), body=lambda out: _build(cfg, out, resolved["model"]),
+    return run_stage(cfg, plan(cfg, "sample"),
+                     body=lambda out: _build(cfg, out, resolved["model"], resolved["problems"]),
                      force=force, preflight=preflight)
+
+
+def problems_to_decode(cfg: PipelineConfig, stage: str, split: str, limit: int | None) -> list[dict]:
+    """The problems a stage decodes; none is a one-line error (in the preflight: what the stage
+    wrote before stays)."""
+    from hsdpo.data.stage import load_problems
+
+    problems = load_problems(cfg, split=split, limit=limit)
+    if not problems:
+        raise InputError(f"{stage}: no problems in split {split!r} of {cfg.data.output}/")
+    return problems
 
 
 def check_pools(cfg: PipelineConfig, stage: str = "sample", verify: bool | None = None) -> None:

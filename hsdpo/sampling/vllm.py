@@ -7,9 +7,13 @@ stop, seed). Ray's own chat-template / tokenize / detokenize stages are off: the
 already formatted text (hsdpo.prompts), and vLLM tokenizes it and applies the stop strings
 itself, so the completion excludes the stop string and eos exactly as the `hf` backend does.
 
-The processor's output lacks vLLM's `finish_reason`, so it is derived: "length" when the engine
-produced `max_tokens` tokens, else "stop"; rows that fail carry `__inference_error__`
-(`should_continue_on_error`) and become finish_reason "error" with the message in `error`.
+The processor's output lacks vLLM's `finish_reason`, so it is derived as vLLM decides it: "length"
+when the engine produced `max_tokens` tokens or the prompt and its tokens filled `max_model_len`
+(when set), else "stop"; rows that fail carry `__inference_error__` (`should_continue_on_error`)
+and become finish_reason "error" with the message in `error`. vLLM drops the prompt of a failed
+row, so the preprocess keeps a copy (PROMPT_COPY) and the samples keep theirs. vLLM's
+SamplingParams refuses a temperature above 2 and an empty stop string: the first is a one-line
+error before any work (`check_temperature`), the second is dropped, as the `hf` backend does.
 vLLM needs CUDA; without it installed, selecting the backend is a one-line error.
 """
 
@@ -21,12 +25,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hsdpo.config import ConfigError
-from hsdpo.sampling.config import SampleConfig
+from hsdpo.sampling.config import VLLM_MAX_TEMPERATURE, SampleConfig
 
 if TYPE_CHECKING:
     from ray.data import Dataset
 
 ERROR_COLUMN = "__inference_error__"
+PROMPT_COPY = "hsdpo_prompt"
 
 
 class VLLMNotInstalled(ConfigError):
@@ -37,6 +42,13 @@ def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise VLLMNotInstalled("sample.backend=vllm needs vLLM, which is not installed here: "
                                "pip install 'hsdpo[vllm]' on a CUDA machine (or use sample.backend=hf)")
+
+
+def check_temperature(temperature: float, knob: str) -> None:
+    """A temperature vLLM refuses (every row would fail) is a one-line error before any work."""
+    if temperature > VLLM_MAX_TEMPERATURE:
+        raise ConfigError(f"{knob}={temperature:g}: vLLM samples at temperatures up to {VLLM_MAX_TEMPERATURE:g} "
+                          "(sample.backend=vllm)")
 
 
 def engine_kwargs(cfg: SampleConfig) -> dict[str, Any]:
@@ -59,7 +71,8 @@ def engine_pool(concurrency: int | tuple[int, int]) -> tuple[int, int]:
 
 def sampling_params(cfg: SampleConfig, temperature: float) -> dict[str, Any]:
     """vllm.SamplingParams fields shared by every row (the row adds its own `seed`)."""
-    return dict(temperature=temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, stop=list(cfg.stop_strings))
+    return dict(temperature=temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
+                stop=[s for s in cfg.stop_strings if s])
 
 
 def vllm_model_source(model_path: str) -> str:
@@ -80,7 +93,8 @@ def apply_vllm(ds: "Dataset", model_path: str, cfg: SampleConfig, *, temperature
     require_vllm()
     processor = build_vllm_processor(model_path, cfg, temperature)
     return processor(ds).map_batches(to_sample_columns, batch_format="numpy",
-                                     fn_kwargs={"max_tokens": cfg.max_new_tokens, "columns": columns})
+                                     fn_kwargs={"max_tokens": cfg.max_new_tokens, "columns": columns,
+                                                "max_model_len": engine_kwargs(cfg).get("max_model_len")})
 
 
 def build_vllm_processor(model_path: str, cfg: SampleConfig, temperature: float):
@@ -103,20 +117,28 @@ def build_vllm_processor(model_path: str, cfg: SampleConfig, temperature: float)
     shared = sampling_params(cfg, temperature)
     return build_processor(
         config,
-        preprocess=lambda row: {**row, "sampling_params": {**shared, "seed": int(row["seed"])}},
+        preprocess=lambda row: {**row, PROMPT_COPY: row["prompt"],
+                                "sampling_params": {**shared, "seed": int(row["seed"])}},
     )
 
 
-def to_sample_columns(batch: dict[str, np.ndarray], max_tokens: int, columns: list[str]) -> dict[str, np.ndarray]:
+def to_sample_columns(batch: dict[str, np.ndarray], max_tokens: int, columns: list[str],
+                      max_model_len: int | None = None) -> dict[str, np.ndarray]:
     """The processor's output columns -> the samples schema (the hf backend's)."""
     n = len(batch["prompt"])
     errors = [str(e or "") for e in batch.get(ERROR_COLUMN, [""] * n)]
     texts = batch.get("generated_text", np.array([""] * n, dtype=object))
     counts = np.asarray(batch.get("num_generated_tokens", np.zeros(n)), dtype=np.int64)
+    prompt_tokens = np.asarray(batch.get("num_input_tokens", np.zeros(n)), dtype=np.int64)
+    full = counts >= max_tokens
+    if max_model_len is not None:
+        full |= prompt_tokens + counts >= max_model_len
     out = {c: batch[c] for c in columns}
+    if PROMPT_COPY in batch and "prompt" in out:
+        out["prompt"] = batch[PROMPT_COPY]
     out["completion"] = np.array(["" if e or t is None else str(t) for t, e in zip(texts, errors)], dtype=object)
-    out["finish_reason"] = np.array(["error" if e else ("length" if k >= max_tokens else "stop")
-                                     for k, e in zip(counts, errors)], dtype=object)
+    out["finish_reason"] = np.array(["error" if e else ("length" if f else "stop")
+                                     for f, e in zip(full, errors)], dtype=object)
     out["num_tokens"] = np.where([bool(e) for e in errors], 0, counts).astype(np.int64)
     out["error"] = np.array(errors, dtype=object)
     return out

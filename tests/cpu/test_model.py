@@ -54,6 +54,17 @@ def test_resolve_model_path(tmp_path):
     assert resolve_model_path(str(tmp_path), str(tmp_path / "sft" / "model")) == str(tmp_path / "sft" / "model")
 
 
+def test_a_home_relative_model_path_comes_back_loadable(tmp_path, monkeypatch):
+    """`~/m` passes the driver's check; unexpanded, every sampler actor would read it as a hub id."""
+    from transformers import AutoConfig
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "m").mkdir()
+    tiny_config("micro", 100).save_pretrained(tmp_path / "m")
+    path = resolve_model_path(str(tmp_path / "run"), "~/m")
+    assert path == str(tmp_path / "m") and AutoConfig.from_pretrained(path).vocab_size == 100
+
+
 def _fake_hub_cache(root, repo_id: str, files: dict[str, str]) -> None:
     """The layout huggingface_hub keeps downloads in: refs/main names a snapshot folder."""
     repo = root / ("models--" + repo_id.replace("/", "--"))

@@ -161,6 +161,84 @@ def test_failed_generation_is_a_flagged_row_not_a_crash(tiny_model_dir):
     assert list(out["problem_id"]) == ["a", "b", "c"]
 
 
+def _model_copy(src: Path, dst: Path, generation: dict | None = None, drop_pad: bool = False) -> Path:
+    """The tiny model folder with its generation config or tokenizer changed."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    if generation:
+        gen = json.loads((dst / "generation_config.json").read_text())
+        (dst / "generation_config.json").write_text(json.dumps({**gen, **generation}))
+    if drop_pad:
+        tok = json.loads((dst / "tokenizer_config.json").read_text())
+        tok.pop("pad_token", None)
+        (dst / "tokenizer_config.json").write_text(json.dumps(tok))
+    return dst
+
+
+PROMPTS = np.array(["Question: Tom has 3 apples and buys 4 more. How many?\nAnswer: ", "Question: 2+2?\nAnswer: ",
+                    "Question: A box holds 12 eggs. How many in 5 boxes?\nAnswer: "], dtype=object)
+
+
+def test_checkpoint_generation_config_does_not_change_decoding(tiny_model_dir, tmp_path):
+    """A repetition penalty, suppressed tokens and the like shipped in generation_config.json are not
+    applied (vLLM, given its SamplingParams, does not apply them either): the draw stays the one the
+    row's seed makes."""
+    from hsdpo.sampling.hf import HFSampler
+
+    shipped = _model_copy(tiny_model_dir, tmp_path / "m", {"repetition_penalty": 5.0, "no_repeat_ngram_size": 2,
+                                                           "suppress_tokens": list(range(2, 200)), "top_k": 3})
+    batch = {"prompt": PROMPTS, "seed": np.array([1, 2, 3])}
+    for temperature in (0.0, 1.0):
+        plain = HFSampler(str(tiny_model_dir), temperature=temperature, max_new_tokens=12, torch_threads=1)(batch)
+        other = HFSampler(str(shipped), temperature=temperature, max_new_tokens=12, torch_threads=1)(batch)
+        assert list(other["completion"]) == list(plain["completion"])
+        assert list(other["num_tokens"]) == list(plain["num_tokens"])
+
+
+def test_a_tokenizer_without_a_pad_token_counts_the_same_tokens(tiny_model_dir, tmp_path):
+    """Without a pad token the eos token pads; a row a stop string ended is not counted one token
+    longer for the eos-looking padding after it."""
+    from hsdpo.sampling.hf import HFSampler
+
+    no_pad = _model_copy(tiny_model_dir, tmp_path / "m", drop_pad=True)
+    batch = {"prompt": PROMPTS, "seed": np.array([1, 2, 3])}
+    kw = dict(temperature=1.0, max_new_tokens=12, torch_threads=1, stop_strings=["e"])
+    plain = HFSampler(str(tiny_model_dir), **kw)
+    padded_with_eos = HFSampler(str(no_pad), **kw)
+    assert padded_with_eos.pad_id in padded_with_eos.eos_ids and plain.pad_id not in plain.eos_ids
+    a, b = plain(batch), padded_with_eos(batch)
+    assert "stop" in list(a["finish_reason"]) and min(a["num_tokens"]) < max(a["num_tokens"])  # some row padded
+    for k in ("completion", "finish_reason", "num_tokens"):
+        assert list(b[k]) == list(a[k])
+
+
+def test_a_prompt_longer_than_the_context_is_an_error_row_and_the_others_decode(tiny_model_dir):
+    """vLLM refuses such a prompt too; here it is never padded into (or decoded with) the batch."""
+    from hsdpo.sampling.hf import HFSampler
+
+    sampler = HFSampler(str(tiny_model_dir), temperature=1.0, max_new_tokens=6, torch_threads=1)
+    hostile = "Question: " + "1 + 1 = 2, " * 400 + "\nAnswer: "
+    out = sampler({"prompt": np.array([PROMPTS[0], hostile, PROMPTS[1]], dtype=object), "seed": np.array([1, 2, 3])})
+    assert list(out["finish_reason"]) == ["length", "error", "length"] and out["num_tokens"][1] == 0
+    assert out["error"][1].startswith("prompt of ") and out["error"][1].endswith("longer than the model's context (512)")
+    alone = sampler({"prompt": PROMPTS[:1], "seed": np.array([1])})
+    assert alone["completion"][0] == out["completion"][0]
+
+
+def test_no_problems_in_the_split_is_one_line_and_the_samples_stay(sampled):
+    from hsdpo.config import InputError, with_overrides
+    from hsdpo.rundir import RunDir
+
+    cfg, result, rows = sampled
+    rd = RunDir(cfg.run_dir)
+    before = rd.manifest("samples")
+    with pytest.raises(InputError) as err:
+        run_sample(with_overrides(cfg, ["sample.split=validation"]), force=True)
+    assert str(err.value) == "sample: no problems in split 'validation' of problems/"
+    assert rd.manifest("samples") == before and len(read_rows(result.path)) == len(rows)
+
+
 def test_failed_verification_is_a_flagged_row_not_a_crash():
     from hsdpo.sampling.pipeline import VerifyRows
 
@@ -194,6 +272,34 @@ def test_vllm_output_maps_to_the_samples_schema():
     assert list(out["num_tokens"]) == [5, 8, 0] and out["error"][2] == "CUDA error"
     batch["generated_text"] = np.array(["x #### 1", None, None], dtype=object)  # no text: an empty completion
     assert list(to_sample_columns(batch, max_tokens=8, columns=["problem_id"])["completion"]) == ["x #### 1", "", ""]
+
+
+def test_vllm_finish_reason_and_prompt_follow_the_engine():
+    """A row the context (`max_model_len`) cut is "length", as vLLM reports it; a failed row keeps its
+    prompt, which vLLM's error row drops."""
+    from hsdpo.sampling.vllm import ERROR_COLUMN, PROMPT_COPY, to_sample_columns
+
+    batch = {"prompt": np.array(["p", "p", ""], dtype=object), PROMPT_COPY: np.array(["p", "p", "q"], dtype=object),
+             "generated_text": np.array(["a", "b", ""], dtype=object), "num_generated_tokens": np.array([5, 3, 0]),
+             "num_input_tokens": np.array([10, 13, 0]), ERROR_COLUMN: np.array(["", "", "ValueError: x"], dtype=object)}
+    out = to_sample_columns(batch, max_tokens=8, columns=["prompt"], max_model_len=16)
+    assert list(out["finish_reason"]) == ["stop", "length", "error"] and list(out["prompt"]) == ["p", "p", "q"]
+    assert list(to_sample_columns(batch, max_tokens=8, columns=["prompt"])["finish_reason"]) == ["stop", "stop", "error"]
+
+
+def test_vllm_settings_it_would_refuse_row_by_row_are_caught_first():
+    """vLLM's SamplingParams raises on a temperature above 2 and on an empty stop string: the first
+    is a config error, the second is dropped (as the hf backend drops it)."""
+    from hsdpo.sampling.config import SampleConfig
+    from hsdpo.sampling.vllm import sampling_params
+
+    with pytest.raises(ConfigError, match="temperature 2.5: vLLM samples at temperatures up to 2"):
+        config_from_dict({}, ["sample.backend=vllm", "sample.temperature=2.5"])
+    assert config_from_dict({}, ["sample.temperature=2.5"]).sample.temperature == 2.5  # the hf backend takes it
+    assert sampling_params(SampleConfig(stop_strings=["", "\nQuestion:"]), 1.0)["stop"] == ["\nQuestion:"]
+    for knob in ("sample.dtype=bf16", "sample.vllm.dtype=fp8"):  # not a traceback in each actor
+        with pytest.raises(ConfigError, match="Input should be 'auto'"):
+            config_from_dict({}, [knob])
 
 
 @pytest.mark.parametrize("overrides", [["sample.limit=-1"], ["sample.limit=0"], ["sample.temperature=inf"]])
