@@ -7,11 +7,14 @@ A *row* is one verified solution of one problem by one model: `problem_id`, `mod
 
 - accuracy = greedy-correct problems / problems evaluated (a problem with no greedy row counts
   as wrong and as `missing`); the same by `source`, by `num_steps` and on the near-miss subset.
-- near-miss subset = problems where the reference model (the SFT model) gave at least one wrong
-  answer that the verifier called a hard negative.
+- near-miss subset = problems where the reference model's (the SFT model's) greedy answer is wrong
+  and the verifier called it a hard negative; its sampled rows (`eval.n`) do not widen the subset,
+  so the subset, and the accuracies on it, do not depend on `eval.n`.
 - pass@k = the unbiased estimator 1 - C(n-c, k) / C(n, k) over the sampled rows (Chen et al. 2021),
-  averaged over problems; majority vote = the most frequent `pred_answer` among the sampled rows
-  (ties go to the answer seen first) is correct.
+  averaged over problems; majority vote = the most frequent final answer among the sampled rows is
+  correct. Answers vote as values: `1,000`, `1000` and `$1000` are one answer (exact rational
+  value, else the normalised spelling); rows without an answer do not vote; ties go to the answer
+  of the lowest `sample_id`.
 - error profile = over a model's wrong greedy answers: the mean of each dimension, the share of
   answers where it is non-zero, the share of hard negatives, mean wrongness and absurdity.
 """
@@ -56,8 +59,8 @@ def accuracy_by(greedy: dict[str, Row], problems: list[Row], key: str) -> dict[s
 
 
 def near_miss_ids(rows: list[Row]) -> set[str]:
-    """Problems where some wrong answer of these rows is a hard negative."""
-    return {r["problem_id"] for r in rows if not r.get("correct") and r.get("hard_negative")}
+    """Problems whose greedy answer in these rows is wrong and a hard negative."""
+    return {pid for pid, r in greedy_by_problem(rows).items() if not r.get("correct") and r.get("hard_negative")}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -69,15 +72,35 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - comb(n - c, k) / comb(n, k)
 
 
+def answer_key(answer: Any) -> Any:
+    """What an answer votes as: its exact value when it is a number, else its normalised spelling;
+    None when there is no answer."""
+    from hsdpo.verifier.answers import normalize
+    from hsdpo.verifier.exact import parse_number
+
+    if not isinstance(answer, str) or not answer.strip():
+        return None
+    try:
+        value = parse_number(answer)
+    except (ArithmeticError, ValueError, RecursionError):  # a size limit (LimitExceeded) included
+        value = None
+    return ("value", value) if value is not None else ("text", normalize(answer))
+
+
+def _sample_order(r: Row) -> tuple[int, int]:
+    sid = r.get("sample_id")
+    return (0, sid) if isinstance(sid, int) else (1, 0)
+
+
 def majority_correct(rows: list[Row]) -> bool:
-    """Whether the most frequent predicted answer (ties: first seen) is a correct one."""
-    answers = [r.get("pred_answer") for r in rows if r.get("pred_answer") is not None]
-    if not answers:
+    """Whether the most frequent answer (ties: the lowest sample_id's) is a correct one."""
+    voted = [(k, r) for r in sorted(rows, key=_sample_order) if (k := answer_key(r.get("pred_answer"))) is not None]
+    if not voted:
         return False
-    counts = Counter(answers)
+    counts = Counter(k for k, _ in voted)
     top = max(counts.values())
-    winner = next(a for a in answers if counts[a] == top)
-    return any(r.get("correct") for r in rows if r.get("pred_answer") == winner)
+    winner = next(k for k, _ in voted if counts[k] == top)
+    return any(r.get("correct") for k, r in voted if k == winner)
 
 
 def sampled_metrics(rows: list[Row], problem_ids: list[str], ks: list[int]) -> dict[str, Any]:

@@ -24,7 +24,7 @@ import json
 import time
 from typing import Any
 
-from hsdpo.config import InputError, PipelineConfig
+from hsdpo.config import PipelineConfig
 from hsdpo.eval.metrics import format_comparison, summarize
 from hsdpo.eval.report import ReportInputs, write_report
 from hsdpo.rundir import RunDir, StageResult, _fs, join, local_dir, write_json_atomic
@@ -138,13 +138,9 @@ def write_outputs(out: str, summary: dict[str, Any], inputs: ReportInputs, title
     return files
 
 
-def _build(cfg: PipelineConfig, out: str, paths: dict[str, str]) -> StageResult:
-    from hsdpo.data.stage import load_problems
+def _build(cfg: PipelineConfig, out: str, paths: dict[str, str], problems: list[dict]) -> StageResult:
     from hsdpo.rayutil import init_ray
 
-    problems = load_problems(cfg, split=cfg.eval.split, limit=cfg.eval.limit)
-    if not problems:
-        raise InputError(f"eval: no problems in split {cfg.eval.split!r} of {cfg.data.output}/")
     init_ray(cfg.ray)
     rows_by_model, info = evaluate_models(cfg, problems, out, paths)
     summary = summarize(rows_by_model, problems, cfg.eval.near_miss_ref, cfg.eval.pass_k)
@@ -162,14 +158,22 @@ def _build(cfg: PipelineConfig, out: str, paths: dict[str, str]) -> StageResult:
 
 def run_eval(cfg: PipelineConfig, force: bool = False) -> StageResult:
     from hsdpo.plan import plan
-    from hsdpo.sampling.stage import check_pools
+    from hsdpo.sampling.stage import check_pools, problems_to_decode
     from hsdpo.stage import run_stage
 
+    if cfg.sample.backend == "vllm":  # one-line errors before any work, as in `sample`
+        from hsdpo.sampling.vllm import check_temperature, require_vllm
+
+        require_vllm()
+        if cfg.eval.n > 0:
+            check_temperature(cfg.eval.temperature, "eval.temperature")
     paths: dict[str, str] = {}  # by the preflight, once the models' stages are known to be there
+    problems: list[dict] = []  # likewise; the preflight runs before the last evaluation is removed
 
     def preflight() -> None:
+        problems.extend(problems_to_decode(cfg, "eval", cfg.eval.split, cfg.eval.limit))
         paths.update(model_paths(cfg))
         check_pools(cfg, stage="eval", verify=True)
 
-    return run_stage(cfg, plan(cfg, "eval"), body=lambda out: _build(cfg, out, paths), force=force,
+    return run_stage(cfg, plan(cfg, "eval"), body=lambda out: _build(cfg, out, paths, problems), force=force,
                      preflight=preflight)

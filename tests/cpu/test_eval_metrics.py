@@ -157,6 +157,38 @@ def test_majority_correct(samples, expected):
     assert majority_correct([s("p", a, c) for a, c in samples]) is expected
 
 
+@pytest.mark.parametrize(
+    "samples, expected",
+    [
+        # 1000 in three spellings outvotes 7 twice (read as strings, 7 would win 2:1:1:1)
+        ([("7", False), ("7", False), ("1,000", True), ("$1000", True), ("1000", True)], True),
+        ([("x+1", False), ("x + 1", False), ("2", True)], False),  # spaces do not split a text answer
+        ([("", False), ("", False), ("5", True)], True),           # a verifier error's empty answer does not vote
+    ],
+)
+def test_majority_votes_by_value_not_spelling(samples, expected):
+    assert majority_correct([s("p", a, c) for a, c in samples]) is expected
+
+
+def test_majority_tie_goes_to_the_lowest_sample_id_whatever_the_row_order():
+    """Rows come back from Parquet in whatever order Ray Data wrote their blocks."""
+    rows = [{**s("p", "6", False), "sample_id": 1}, {**s("p", "5", True), "sample_id": 0}]
+    assert majority_correct(rows) is True and majority_correct(rows[::-1]) is True
+
+
+def test_near_miss_subset_comes_from_the_reference_greedy_answers_only():
+    """Sampled rows (eval.n > 0) neither widen the subset nor change the accuracies on it."""
+    sampled = [s("p1", "7", False), s("p4", "7", False)]
+    for r in sampled:
+        r["hard_negative"] = True  # wrong, hard: p1 and p4 are right greedily
+    plain = summarize({"sft": SFT, "dpo": DPO}, PROBLEMS, near_miss_ref="sft")
+    more = summarize({"sft": SFT + sampled, "dpo": DPO}, PROBLEMS, near_miss_ref="sft")
+    assert more["near_miss"] == plain["near_miss"] == {"ref": "sft", "n": 2}
+    assert more["models"]["sft"]["near_miss"] == plain["models"]["sft"]["near_miss"] == {
+        "accuracy": 0.0, "n": 2, "correct": 0}
+    assert near_miss_ids(SFT + sampled) == {"p2", "p3"}
+
+
 def test_sampled_metrics():
     rows = [s("p1", "3", True), s("p1", "3", True), s("p1", "4", False), s("p1", "4", False),
             s("p2", "7", False), s("p2", "8", False), s("p2", "9", True), s("p2", "7", False)]

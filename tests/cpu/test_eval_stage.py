@@ -115,6 +115,35 @@ def test_eval_stage_skips_when_current_and_reruns_when_a_model_changes(run_cfg):
     assert not eval_stage.run_eval(run_cfg).skipped
 
 
+@pytest.mark.parametrize("overrides, says", [
+    (["eval.split=validation"], "eval: no problems in split 'validation' of problems/"),
+    (["sample.backend=vllm"], "sample.backend=vllm needs vLLM, which is not installed here"),
+    (["sample.backend=vllm", "sample.temperature=1", "eval.temperature=2.5"],
+     "eval.temperature=2.5: vLLM samples at temperatures up to 2"),
+])
+def test_an_eval_that_cannot_start_is_one_line_and_keeps_the_last_one(run_cfg, overrides, says, monkeypatch):
+    """Refused before the eval folder is emptied: the finished evaluation stays as it was."""
+    from hsdpo.config import with_overrides
+
+    if "eval.temperature=2.5" in overrides:
+        monkeypatch.setattr("hsdpo.sampling.vllm.require_vllm", lambda: None)  # as on a machine with vLLM
+    elif overrides[0] == "sample.backend=vllm":
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            pass
+        else:
+            pytest.skip("vLLM is installed")
+    first = eval_stage.run_eval(run_cfg)
+    rd = RunDir(run_cfg.run_dir)
+    before = (rd.manifest("eval"), sorted(os.listdir(first.path)), open(os.path.join(first.path, "summary.json")).read())
+    with pytest.raises(ValueError) as err:
+        eval_stage.run_eval(with_overrides(run_cfg, overrides), force=True)
+    assert str(err.value).startswith(says) and "\n" not in str(err.value)
+    assert (rd.manifest("eval"), sorted(os.listdir(first.path)),
+            open(os.path.join(first.path, "summary.json")).read()) == before
+
+
 def test_eval_verifies_even_when_the_sample_stage_does_not(tmp_path, monkeypatch):
     calls = []
 
