@@ -35,7 +35,7 @@ class ModelConfig(StrictModel):
     tokenizer: str | None = Field(None, description="tokenizer hub id or folder; None = same as model, or built from the training corpus")
     build_tokenizer: TokenizerBuildConfig = Field(default_factory=TokenizerBuildConfig)
     max_position_embeddings: int = Field(1024, description="context length of a model built from a preset")
-    trust_remote_code: bool = Field(False, description="allow a hub model's own code to run")
+    trust_remote_code: bool = Field(False, description="let a model's own code (config auto_map) run: training, reference, sampling, eval, export")
     prompt_template: Template = Field("qa", description="prompt format (hsdpo.prompts)")
 
 

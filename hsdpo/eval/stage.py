@@ -41,7 +41,8 @@ def _decode(cfg: PipelineConfig, problems: list[dict], model_path: str, out_dir:
 
     sample_cfg = cfg.sample.model_copy(update={"max_new_tokens": cfg.eval.max_new_tokens})
     stats = sample_and_verify(problems, model_path, out_dir, sample_cfg, cfg.verifier, cfg.model.prompt_template,
-                              n=n, temperature=temperature, seed=seed, verify=True)
+                              n=n, temperature=temperature, seed=seed, verify=True,
+                              trust_remote_code=cfg.model.trust_remote_code)
     return read_rows(out_dir), dict(stats or {})
 
 

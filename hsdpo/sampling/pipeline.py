@@ -94,7 +94,8 @@ def _failed_verdict(column: str) -> Any:
 
 
 def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConfig, verifier_cfg: Any,
-                   prompt_template: str, *, n: int, temperature: float, seed: int, verify: bool):
+                   prompt_template: str, *, n: int, temperature: float, seed: int, verify: bool,
+                   trust_remote_code: bool = False):
     """The lazy Dataset: problems -> fan-out -> sampler -> (verifier). Nothing runs until written."""
     import ray.data
 
@@ -114,7 +115,8 @@ def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConf
         from hsdpo.sampling.vllm import apply_vllm
 
         ds = apply_vllm(ds, model_path, sample_cfg, temperature=temperature,
-                        columns=[*PROBLEM_COLUMNS, "gold_steps", "sample_id", "prompt", "seed"])
+                        columns=[*PROBLEM_COLUMNS, "gold_steps", "sample_id", "prompt", "seed"],
+                        trust_remote_code=trust_remote_code)
     else:
         from hsdpo.sampling.hf import HFSampler
 
@@ -126,7 +128,7 @@ def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConf
                 temperature=temperature, top_p=sample_cfg.top_p, max_new_tokens=sample_cfg.max_new_tokens,
                 stop_strings=list(sample_cfg.stop_strings), dtype=sample_cfg.dtype,
                 device="cuda" if sample_cfg.num_gpus > 0 else "cpu", torch_threads=sample_cfg.torch_threads,
-                crash_once_marker=sample_cfg.crash_once_marker),
+                trust_remote_code=trust_remote_code, crash_once_marker=sample_cfg.crash_once_marker),
             **retries,
         )
     if verify:
@@ -139,7 +141,7 @@ def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConf
 
 def sample_and_verify(problems: list[dict], model_path: str, out_dir: str, sample_cfg: SampleConfig,
                       verifier_cfg: Any, prompt_template: str, *, n: int, temperature: float, seed: int,
-                      verify: bool | None = None) -> dict[str, Any]:
+                      verify: bool | None = None, trust_remote_code: bool = False) -> dict[str, Any]:
     """Sample `n` solutions per problem with `model_path`, verify them in the same stream (unless
     `verify` is False; None = `sample_cfg.verify`) and write them as Parquet under `out_dir`
     (replacing what is there). Returns metrics: rows, problems, tokens, tokens_per_s,
@@ -152,7 +154,8 @@ def sample_and_verify(problems: list[dict], model_path: str, out_dir: str, sampl
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = build_dataflow(problems, model_path, sample_cfg, verifier_cfg, prompt_template,
-                            n=n, temperature=temperature, seed=seed, verify=verify)
+                            n=n, temperature=temperature, seed=seed, verify=verify,
+                            trust_remote_code=trust_remote_code)
     ds.write_parquet(out_dir, mode=SaveMode.OVERWRITE)
     wall = time.perf_counter() - t0
     cols = ["problem_id", "sample_id", "num_tokens", "finish_reason"] + (["correct"] if verify else [])

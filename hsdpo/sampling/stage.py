@@ -32,7 +32,8 @@ def _build(cfg: PipelineConfig, out: str, model_path: str, problems: list[dict])
         f"verify={'on' if s.verify else 'off'})")
     init_ray(cfg.ray)
     m = sample_and_verify(problems, model_path, out, s, cfg.verifier, cfg.model.prompt_template,
-                          n=s.n, temperature=s.temperature, seed=cfg.seed)
+                          n=s.n, temperature=s.temperature, seed=cfg.seed,
+                          trust_remote_code=cfg.model.trust_remote_code)
     rows = {"samples": m["rows"], "problems": m["problems"]}
     if "correct" in m:
         rows["correct"] = m["correct"]

@@ -51,10 +51,12 @@ def check_temperature(temperature: float, knob: str) -> None:
                           "(sample.backend=vllm)")
 
 
-def engine_kwargs(cfg: SampleConfig) -> dict[str, Any]:
+def engine_kwargs(cfg: SampleConfig, trust_remote_code: bool = False) -> dict[str, Any]:
     v = cfg.vllm
     kwargs: dict[str, Any] = dict(tensor_parallel_size=v.tensor_parallel_size, max_num_seqs=v.max_num_seqs,
                                   gpu_memory_utilization=v.gpu_memory_utilization, dtype=v.dtype)
+    if trust_remote_code:  # model.trust_remote_code: the model's own code, in vLLM as in training
+        kwargs["trust_remote_code"] = True
     if v.max_model_len is not None:
         kwargs["max_model_len"] = v.max_model_len
     return {**kwargs, **v.engine_kwargs}
@@ -88,16 +90,16 @@ def vllm_model_source(model_path: str) -> str:
 
 
 def apply_vllm(ds: "Dataset", model_path: str, cfg: SampleConfig, *, temperature: float,
-               columns: list[str]) -> "Dataset":
+               columns: list[str], trust_remote_code: bool = False) -> "Dataset":
     """Rows with `prompt` and `seed` -> the same rows plus `completion, finish_reason, num_tokens, error`."""
     require_vllm()
-    processor = build_vllm_processor(model_path, cfg, temperature)
+    processor = build_vllm_processor(model_path, cfg, temperature, trust_remote_code)
     return processor(ds).map_batches(to_sample_columns, batch_format="numpy",
                                      fn_kwargs={"max_tokens": cfg.max_new_tokens, "columns": columns,
                                                 "max_model_len": engine_kwargs(cfg).get("max_model_len")})
 
 
-def build_vllm_processor(model_path: str, cfg: SampleConfig, temperature: float):
+def build_vllm_processor(model_path: str, cfg: SampleConfig, temperature: float, trust_remote_code: bool = False):
     """The `ray.data.llm` processor: our engine settings, one vLLM engine stage (Ray's chat-template,
     tokenize and detokenize stages off), each row's `vllm.SamplingParams` fields with its own seed.
     Building it needs Ray only; running it needs vLLM on a GPU."""
@@ -105,7 +107,7 @@ def build_vllm_processor(model_path: str, cfg: SampleConfig, temperature: float)
 
     config = vLLMEngineProcessorConfig(
         model_source=vllm_model_source(model_path),
-        engine_kwargs=engine_kwargs(cfg),
+        engine_kwargs=engine_kwargs(cfg, trust_remote_code),
         batch_size=cfg.batch_size,
         concurrency=engine_pool(cfg.concurrency),
         accelerator_type=cfg.vllm.accelerator_type,

@@ -63,7 +63,7 @@ def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool, model_p
     if force:
         clear_checkpoints(root)
     history = fit("dpo", cfg.dpo, rows, model_path=model_path, tokenizer_path=model_path, out_dir=out, ckpt_root=root,
-                  heldout=heldout, run_seed=cfg.seed)
+                  heldout=heldout, run_seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
     clear_checkpoints(root)
     keys = ("loss", "dpo_loss", "dpo_loss_unweighted", "accuracy", "margins", "rewards_chosen", "rewards_rejected",
             "grad_norm", "truncated")

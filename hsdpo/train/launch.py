@@ -71,7 +71,7 @@ def worker_config(t: TrainConfig, run_seed: int) -> TrainConfig:
 
 def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: str, tokenizer_path: str,
         out_dir: str, ckpt_root: str, heldout: list[dict[str, Any]] | None = None,
-        run_seed: int = 0) -> list[dict[str, Any]]:
+        run_seed: int = 0, trust_remote_code: bool = False) -> list[dict[str, Any]]:
     """Train on `rows` with `t.num_workers` Ray Train workers, scoring `heldout` rows (split_heldout)
     at evaluation steps; returns rank 0's metrics history. The workers' seed (data order, LoRA's
     initialisation) is the stage's `seed` plus the run's (`worker_config`)."""
@@ -83,12 +83,12 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
 
     preflight(kind, t)
     os.environ.setdefault(POLL_ENV, str(POLL_S))  # Ray Train passes it on to its controller
-    datasets = {"train": tokenized_dataset(kind, t, rows, tokenizer_path)}
+    datasets = {"train": tokenized_dataset(kind, t, rows, tokenizer_path, trust_remote_code)}
     if heldout:
-        datasets["eval"] = tokenized_dataset(kind, t, heldout, tokenizer_path)
+        datasets["eval"] = tokenized_dataset(kind, t, heldout, tokenizer_path, trust_remote_code)
     spec = {"kind": kind, "cfg": worker_config(t, run_seed).model_dump(mode="json"), "model_path": model_path,
             "tokenizer_path": tokenizer_path, "out_dir": local_path(out_dir),
-            "marker": f"{ckpt_root}/_injected_failure", "eval": bool(heldout)}
+            "marker": f"{ckpt_root}/_injected_failure", "eval": bool(heldout), "trust_remote_code": trust_remote_code}
     trainer = TorchTrainer(
         ray_train_loop,
         train_loop_config=spec,
@@ -116,7 +116,8 @@ def fit(kind: str, t: TrainConfig, rows: list[dict[str, Any]], *, model_path: st
 POLL_ENV, POLL_S = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", 0.5
 
 
-def tokenized_dataset(kind: str, t: TrainConfig, rows: list[dict[str, Any]], tokenizer_path: str):
+def tokenized_dataset(kind: str, t: TrainConfig, rows: list[dict[str, Any]], tokenizer_path: str,
+                      trust_remote_code: bool = False):
     """The training table tokenised once, by Ray Data tasks on the cluster's CPUs (up to one a 50k
     rows at a time), and held in the object store (materialised before any worker starts, so no task
     competes with the worker group for CPUs): every worker, and a worker restarted after a failure,
@@ -132,7 +133,7 @@ def tokenized_dataset(kind: str, t: TrainConfig, rows: list[dict[str, Any]], tok
     ds.context.enable_progress_bars = False
     tasks = ray.data.TaskPoolStrategy(size=-(-len(rows) // TOKENIZE_TASK_ROWS))
     ds = ds.map_batches(tokenize_block, fn_kwargs={"kind": kind, "tokenizer_path": tokenizer_path,
-                                                   "max_length": t.max_length},
+                                                   "max_length": t.max_length, "trust_remote_code": trust_remote_code},
                         batch_format="pyarrow", batch_size=TOKENIZE_BATCH, compute=tasks)
     return ds.materialize()
 
@@ -143,14 +144,14 @@ TOKENIZE_BATCH = 2048  # rows a tokenising task takes at a time
 TOKENIZE_TASK_ROWS = 50_000
 
 
-def tokenize_block(batch, kind: str, tokenizer_path: str, max_length: int):
+def tokenize_block(batch, kind: str, tokenizer_path: str, max_length: int, trust_remote_code: bool = False):
     """A Ray Data batch (pyarrow) of training rows -> its tokenised table (tokenize.tokenize_rows)."""
     from hsdpo.train.tokenize import tokenize_rows
 
-    return tokenize_rows(kind, _tokenizer(tokenizer_path), batch.to_pylist(), max_length)
+    return tokenize_rows(kind, _tokenizer(tokenizer_path, trust_remote_code), batch.to_pylist(), max_length)
 
 
-def _tokenizer(path: str):
+def _tokenizer(path: str, trust_remote_code: bool = False):
     """Loaded once per Ray worker process (which runs many tasks) and folder version: a folder
     rewritten in place, as a forced re-run of sft rewrites `_init/`, is loaded anew."""
     from hsdpo.rundir import fetch_dir
@@ -158,14 +159,14 @@ def _tokenizer(path: str):
     local = fetch_dir(path)  # a URI: a local copy keyed by the folder's contents
     files = sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(local) if e.is_file()) \
         if os.path.isdir(local) else []
-    return _load_tokenizer(local, tuple(files))
+    return _load_tokenizer(local, tuple(files), trust_remote_code)
 
 
 @functools.lru_cache(maxsize=2)
-def _load_tokenizer(path: str, version: tuple):
+def _load_tokenizer(path: str, version: tuple, trust_remote_code: bool):
     from hsdpo.model import load_tokenizer
 
-    return load_tokenizer(path)
+    return load_tokenizer(path, trust_remote_code)
 
 
 def preflight(kind: str, t: TrainConfig) -> None:

@@ -31,14 +31,15 @@ NEEDS = ("pair_id", "prompt", "chosen", "rejected")
 class RefLogpActor:
     """Holds the frozen model; adds the two reference columns to each batch."""
 
-    def __init__(self, model_path: str, max_length: int, chunk: int, use_gpu: bool):
+    def __init__(self, model_path: str, max_length: int, chunk: int, use_gpu: bool, trust_remote_code: bool = False):
         import torch
 
         from hsdpo.model import load_model, load_tokenizer
 
         self.device = "cuda" if use_gpu else "cpu"
-        self.tokenizer = load_tokenizer(model_path)
-        self.model = load_model(model_path, dtype="bfloat16" if use_gpu else "float32", device=self.device).eval()
+        self.tokenizer = load_tokenizer(model_path, trust_remote_code)
+        self.model = load_model(model_path, trust_remote_code, dtype="bfloat16" if use_gpu else "float32",
+                                device=self.device).eval()
         self.max_length, self.chunk, self.torch = max_length, chunk, torch
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
@@ -66,7 +67,8 @@ def _body(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
     ds = ray.data.read_parquet(files).map_batches(
         RefLogpActor,
         fn_constructor_kwargs={"model_path": model_path,
-                               "max_length": c.max_length, "chunk": c.logp_chunk, "use_gpu": c.num_gpus > 0},
+                               "max_length": c.max_length, "chunk": c.logp_chunk, "use_gpu": c.num_gpus > 0,
+                               "trust_remote_code": cfg.model.trust_remote_code},
         batch_size=c.batch_size, batch_format="pandas", compute=actor_pool(c.concurrency), num_gpus=c.num_gpus,
     )
     ds.write_parquet(out)

@@ -87,7 +87,7 @@ def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool,
     if force:
         clear_checkpoints(root)
     history = fit("sft", cfg.sft, rows, model_path=model_path, tokenizer_path=tok_path, out_dir=out, ckpt_root=root,
-                  heldout=heldout, run_seed=cfg.seed)
+                  heldout=heldout, run_seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
     clear_checkpoints(root)
     metrics = summary(history, ("loss", "grad_norm", "lr", "truncated"))
     counts = {"examples": len(rows), **({"eval_examples": len(heldout)} if heldout else {})}

@@ -314,7 +314,9 @@ def export_hf(engine, out_dir: str, base_model_path: str, tokenizer: Any, lora: 
         prefix = "model."
         state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
         hf_config = (inner.get_base_model() if lora else inner).config
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+        # a model with its own code (auto_map) was loaded with model.trust_remote_code: the same class here
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32,
+                                                 trust_remote_code=bool(getattr(hf_config, "auto_map", None)))
         if lora:
             from peft import get_peft_model
 

@@ -165,7 +165,8 @@ def build_policy(spec: dict[str, Any], t: TrainConfig, model=None) -> torch.nn.M
     if model is None:
         from hsdpo.model import load_model
 
-        model = load_model(spec["model_path"], dtype=torch.float32, attn_implementation=t.attn_implementation)
+        model = load_model(spec["model_path"], spec.get("trust_remote_code", False), dtype=torch.float32,
+                           attn_implementation=t.attn_implementation)
     model.config.use_cache = False
     if t.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -332,7 +333,7 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
     if tokenizer is None:
         from hsdpo.model import load_tokenizer
 
-        tokenizer = load_tokenizer(spec["tokenizer_path"])
+        tokenizer = load_tokenizer(spec["tokenizer_path"], spec.get("trust_remote_code", False))
     task = Task.from_rows(kind, t, rows, tokenizer) if rows is not None else load_task(kind, t, tokenizer.pad_token_id)
     heldout = load_task(kind, t, tokenizer.pad_token_id, name="eval") if spec.get("eval") else None
     # `epochs` and `warmup_ratio` become step counts once the table's size is known (the same on every

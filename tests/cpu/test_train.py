@@ -637,6 +637,66 @@ again by a run resumed from a checkpoint that holds DeepSpeed's count); and at
     assert out["reads False"]["reads"] >= 2 and out["reads False"]["synchronize"] == 0
 
 
+CUSTOM_CODE_WORKER = """
+import json, sys
+import pandas as pd
+import torch
+from hsdpo.train.config import DPOConfig
+from hsdpo.train.reflogp import RefLogpActor
+from hsdpo.train.worker import train_worker
+from transformers import AutoModelForCausalLM
+
+_, rows_path = sys.argv[1:]
+rows = json.load(open(rows_path))
+custom = rows_path.rsplit("/", 1)[0] + "/custom"
+out = {}
+for trust in (False, True):
+    cfg = DPOConfig(steps=2, batch_size=4, micro_batch_size=4, max_length=64, lr=2e-3)
+    spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "model_path": custom, "tokenizer_path": custom,
+            "out_dir": f"{custom}_out_{trust}", "export": True, "trust_remote_code": trust}
+    try:
+        out[str(trust)] = [h["loss"] for h in train_worker(spec, rows=rows)]
+    except Exception as err:
+        out[str(trust)] = str(err).splitlines()[0]
+exported = AutoModelForCausalLM.from_pretrained(f"{custom}_out_True/model", trust_remote_code=True)
+ids = torch.tensor([[5, 6, 7]])
+out["exported"] = [type(exported).__name__, exported.generate(ids, max_new_tokens=3, do_sample=False).shape[1]]
+scored = RefLogpActor(custom, 64, 16, False, trust_remote_code=True)(pd.DataFrame(rows))
+out["reflogp"] = scored["ref_chosen_logp"].tolist()
+print("RESULT", json.dumps(out), flush=True)
+"""
+
+
+def test_a_model_with_its_own_code_trains_exports_and_scores_with_trust_remote_code(tiny_model_dir, tmp_path):
+    """`model.trust_remote_code` reaches the training workers (model and tokenizer), the export (the
+    exported folder keeps the model's class and code) and the reference and vLLM engines; before, the
+    setting was read nowhere and such a model could not be loaded at all."""
+    import shutil
+
+    from hsdpo.sampling.config import SampleConfig
+    from hsdpo.sampling.vllm import engine_kwargs
+
+    custom = tmp_path / "custom"
+    shutil.copytree(tiny_model_dir, custom)
+    config = json.loads((custom / "config.json").read_text())
+    config.update(model_type="hsdpo_custom", architectures=["CustomForCausalLM"],
+                  auto_map={"AutoConfig": "configuration_custom.CustomConfig",
+                            "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM"})
+    (custom / "config.json").write_text(json.dumps(config))
+    (custom / "configuration_custom.py").write_text(
+        "from transformers import Qwen2Config\n\nclass CustomConfig(Qwen2Config):\n    model_type = 'hsdpo_custom'\n")
+    (custom / "modeling_custom.py").write_text(
+        "from transformers import Qwen2ForCausalLM\nfrom .configuration_custom import CustomConfig\n\n"
+        "class CustomForCausalLM(Qwen2ForCausalLM):\n    config_class = CustomConfig\n")
+    out = _four_pair_worker(CUSTOM_CODE_WORKER, tiny_model_dir, tmp_path)
+    assert isinstance(out["False"], str) and "contains custom code which must" in out["False"]  # transformers refuses
+    assert len(out["True"]) == 2 and all(math.isfinite(x) for x in out["True"])
+    assert out["exported"] == ["CustomForCausalLM", 6]
+    assert len(out["reflogp"]) == 4 and all(x < 0 for x in out["reflogp"])
+    assert engine_kwargs(SampleConfig(), trust_remote_code=True)["trust_remote_code"] is True
+    assert "trust_remote_code" not in engine_kwargs(SampleConfig())
+
+
 def test_dpo_rows_count_unusable_pairs_as_rejects(run, run_a, tmp_path, capsys):
     """And a pairs folder with no usable pair is one line before the stage folder is emptied."""
     from hsdpo.cli import main
