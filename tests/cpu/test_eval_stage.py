@@ -147,15 +147,17 @@ def test_an_eval_that_cannot_start_is_one_line_and_keeps_the_last_one(run_cfg, o
 def test_eval_verifies_even_when_the_sample_stage_does_not(tmp_path, monkeypatch):
     calls = []
 
-    def record(problems, model_path, out_dir, sample_cfg, verifier_cfg, template, *, n, temperature, seed, verify=None):
-        calls.append(verify)
+    def record(problems, model_path, out_dir, sample_cfg, verifier_cfg, template, *, n, temperature, seed, verify=None,
+               trust_remote_code=False):
+        calls.append((verify, trust_remote_code))
         write_rows([verdict("p0", True, False)], out_dir + "/part-0.parquet")
         return {}
 
     monkeypatch.setattr("hsdpo.sampling.pipeline.sample_and_verify", record)
-    cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "sample": {"verify": False}})
+    cfg = config_from_dict({"run_dir": str(tmp_path / "run"), "sample": {"verify": False},
+                            "model": {"trust_remote_code": True}})
     rows, _ = eval_stage._decode(cfg, [{"problem_id": "p0"}], "m", str(tmp_path / "out"), n=1, temperature=0.0, seed=0)
-    assert calls == [True] and rows[0]["correct"] is True
+    assert calls == [(True, True)] and rows[0]["correct"] is True  # and the model's own code is allowed
 
 
 def test_margin_series_finds_the_margin_key():
