@@ -52,12 +52,17 @@ def _tag(rows: list[dict], mode: str) -> list[dict]:
     return rows
 
 
+# The sampled pass draws with the same seeds for every model (common random numbers: a difference
+# between two models' pass@k is not a difference in draws), whatever the order of `eval.models`.
+SAMPLED_SEED = 1000
+
+
 def evaluate_models(cfg: PipelineConfig, problems: list[dict], out: str,
                     paths: dict[str, str]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
     """`paths`: each model's folder or hub id, resolved from `cfg.eval.models` (`model_paths`)."""
     rows_by_model: dict[str, list[dict]] = {}
     info: dict[str, dict] = {}
-    for i, (name, ref) in enumerate(cfg.eval.models.items()):
+    for name, ref in cfg.eval.models.items():
         path = paths[name]
         t0 = time.perf_counter()
         log(f"eval: {name} ({path}) greedy on {len(problems)} problems")
@@ -66,7 +71,7 @@ def evaluate_models(cfg: PipelineConfig, problems: list[dict], out: str,
         if cfg.eval.n > 0:
             log(f"eval: {name} sampling n={cfg.eval.n} at T={cfg.eval.temperature}")
             more, _ = _decode(cfg, problems, path, join(out, "samples", name, "sampled"), n=cfg.eval.n,
-                              temperature=cfg.eval.temperature, seed=cfg.seed + 1000 + i)
+                              temperature=cfg.eval.temperature, seed=cfg.seed + SAMPLED_SEED)
             rows += _tag(more, "sample")
         rows_by_model[name] = rows
         info[name] = {"ref": ref, "path": path, "wall_s": round(time.perf_counter() - t0, 2),

@@ -13,7 +13,7 @@ import os
 import pytest
 
 import hsdpo.eval.stage as eval_stage
-from hsdpo.config import config_from_dict
+from hsdpo.config import config_from_dict, with_overrides
 from hsdpo.data.stage import run_data
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import write_rows
@@ -163,3 +163,20 @@ def test_eval_verifies_even_when_the_sample_stage_does_not(tmp_path, monkeypatch
 def test_margin_series_finds_the_margin_key():
     lines = [{"step": 1, "loss": 0.7, "rewards/margins": 0.1}, {"loss": 0.6}, {"step": 3, "margin": 0.4}]
     assert eval_stage.margin_series(lines) == [(1, 0.1), (3, 0.4)]
+
+
+def test_every_model_samples_with_the_same_seeds_in_any_order(run_cfg, tmp_path, monkeypatch):
+    """Common random numbers for the n-sample pass; before, a model's seed was its position in
+    eval.models, so adding or reordering a model changed the others' pass@k and majority vote."""
+    seeds: dict[str, set[int]] = {}
+
+    def recording(cfg, problems, model_path, out_dir, *, n, temperature, seed):
+        if n > 1:
+            seeds.setdefault(os.path.basename(os.path.dirname(model_path.rstrip("/"))), set()).add(seed)
+        return fake_decode(cfg, problems, model_path, out_dir, n=n, temperature=temperature, seed=seed)
+
+    monkeypatch.setattr(eval_stage, "_decode", recording)
+    for order in (MODELS, dict(reversed(MODELS.items()))):
+        cfg = with_overrides(run_cfg, [f"eval.models={json.dumps(order)}"])
+        eval_stage.evaluate_models(cfg, [{"problem_id": "p0"}], str(tmp_path / "out"), eval_stage.model_paths(cfg))
+    assert set(seeds) == set(MODELS) and all(s == {run_cfg.seed + eval_stage.SAMPLED_SEED} for s in seeds.values())
