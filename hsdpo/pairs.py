@@ -170,17 +170,23 @@ def _nearest_first(r: Row) -> tuple:
     return (r["wrongness"], r["absurdity"], r["sample_id"])
 
 
-def pick_negatives(wrong: list[Row], cfg: PairsConfig, rng: random.Random) -> list[Row]:
-    if cfg.negatives == "random":
-        return rng.sample(wrong, min(len(wrong), cfg.pairs_per_problem))
-    hard = sorted((r for r in wrong if r["hard_negative"]), key=_nearest_first)
-    easy = sorted((r for r in wrong if not r["hard_negative"]), key=_nearest_first)
+def _distinct(rows: list[Row]) -> list[Row]:
+    """The first row of each completion text, in order (a text twice would make the same pair twice)."""
     out, seen = [], set()
-    for r in hard + easy:
-        if r["completion"] not in seen and len(out) < cfg.pairs_per_problem:
+    for r in rows:
+        if r["completion"] not in seen:
             seen.add(r["completion"])
             out.append(r)
     return out
+
+
+def pick_negatives(wrong: list[Row], cfg: PairsConfig, rng: random.Random) -> list[Row]:
+    if cfg.negatives == "random":  # a draw among distinct texts, as the mined ones are
+        distinct = _distinct(wrong)
+        return rng.sample(distinct, min(len(distinct), cfg.pairs_per_problem))
+    hard = sorted((r for r in wrong if r["hard_negative"]), key=_nearest_first)
+    easy = sorted((r for r in wrong if not r["hard_negative"]), key=_nearest_first)
+    return _distinct(hard + easy)[: cfg.pairs_per_problem]
 
 
 def first_error_cut(rejected: str, chosen: str, first_error_step: int) -> str | None:

@@ -150,6 +150,11 @@ def test_random_negatives_draw_from_all_wrong_samples():
     assert again == [p.rejected["sample_id"] for p in select_pairs(samples[0], samples, cfg, seed=3).pairs]
     hard_only = {p.rejected["sample_id"] for p in select_pairs(samples[0], samples, PairsConfig()).pairs}
     assert hard_only == {1, 2}
+    # a wrong text sampled twice is one negative in both modes: never the same pair twice
+    twice = [s(0, True), s(1, False, "7 #### 5"), s(2, False, "7 #### 5"), s(3, False, "8 #### 5")]
+    for seed in range(20):
+        texts = [p.rejected["completion"] for p in select_pairs(twice[0], twice, cfg, seed=seed).pairs]
+        assert sorted(texts) == ["7 #### 5", "8 #### 5"]
 
 
 CHOSEN = "27-5 = <<27-5=22>>22\n22*2 = <<22*2=44>>44\n#### 44"
