@@ -11,7 +11,7 @@ import importlib
 import sys
 from typing import Callable
 
-from hsdpo.config import STAGES, ConfigError, InputError, PipelineConfig, load_config, with_overrides
+from hsdpo.config import STAGES, ConfigError, InputError, PipelineConfig, load_config
 from hsdpo.rundir import StageBusy, StageResult
 
 # stage -> "module:function"; imported lazily so `hsdpo --help` stays fast.
@@ -45,17 +45,16 @@ def runner(stage: str) -> Callable[..., StageResult]:
 
 def run_pipeline(cfg: PipelineConfig, force: tuple[str, ...] = ()) -> list[StageResult]:
     """Run `cfg.steps` in order; a step whose outputs are complete and current is skipped."""
-    from hsdpo.plan import check_steps, plan
+    from hsdpo.plan import recipe_steps
 
-    step_cfgs = [with_overrides(cfg, s.overrides) if s.overrides else cfg for s in cfg.steps]
-    check_steps([plan(c, s.stage) for c, s in zip(step_cfgs, cfg.steps)])
-    outputs = {getattr(c, s.stage).output for c, s in zip(step_cfgs, cfg.steps)}
+    steps = recipe_steps(cfg)
+    outputs = {getattr(c, s.stage).output for s, c in steps}
     unknown = [f for f in force if f not in STAGES and f not in outputs]
     if unknown:
         raise ConfigError(f"--force {unknown[0]}: not a stage ({', '.join(STAGES)}) nor an output of this recipe's steps"
                           f" ({', '.join(sorted(outputs))})")
     results = []
-    for step, step_cfg in zip(cfg.steps, step_cfgs):
+    for step, step_cfg in steps:
         output = getattr(step_cfg, step.stage).output
         results.append(runner(step.stage)(step_cfg, force=step.stage in force or output in force))
     return results

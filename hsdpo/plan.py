@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from hsdpo.config import ConfigError, PipelineConfig
+from hsdpo.config import ConfigError, PipelineConfig, StageSpec, with_overrides
 from hsdpo.rundir import RunDir
 
 
@@ -66,6 +66,14 @@ def check_plan(p: Plan) -> None:
     if p.output in p.inputs:
         raise ConfigError(f"{p.stage} would write {p.output}/, which it also reads (emptied before it is read);"
                           f" set {p.stage}.output to another folder")
+
+
+def recipe_steps(cfg: PipelineConfig) -> list[tuple[StageSpec, PipelineConfig]]:
+    """Each step of `cfg.steps` with its config (its overrides applied), the recipe checked as a
+    whole first (`check_steps`): what `hsdpo pipeline` runs and `hsdpo status` reports."""
+    steps = [(s, with_overrides(cfg, s.overrides) if s.overrides else cfg) for s in cfg.steps]
+    check_steps([plan(c, s.stage) for s, c in steps])
+    return steps
 
 
 def check_steps(plans: list[Plan]) -> None:

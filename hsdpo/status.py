@@ -15,9 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hsdpo.config import PipelineConfig, with_overrides
+from hsdpo.config import PipelineConfig
 from hsdpo.configbase import without_run_only
-from hsdpo.plan import check_steps, plan
+from hsdpo.plan import plan, recipe_steps
 from hsdpo.rundir import MANIFEST, RunDir, _fs, lock_holder
 from hsdpo.stage import config_hash
 
@@ -117,9 +117,7 @@ def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus
 def pipeline_status(cfg: PipelineConfig) -> list[StepStatus]:
     """Every step's state; a recipe `hsdpo pipeline` refuses (check_steps) is refused here the same."""
     out, remade = [], set()
-    step_cfgs = [with_overrides(cfg, s.overrides) if s.overrides else cfg for s in cfg.steps]
-    check_steps([plan(c, s.stage) for c, s in zip(step_cfgs, cfg.steps)])
-    for step, step_cfg in zip(cfg.steps, step_cfgs):
+    for step, step_cfg in recipe_steps(cfg):
         st = step_status(step_cfg, step.stage, remade)
         if st.state != "current":
             remade.add(st.output)

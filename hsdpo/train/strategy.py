@@ -50,7 +50,7 @@ def init_distributed(use_gpu: bool) -> None:
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
     deepspeed.init_distributed(dist_backend=backend)
     if use_gpu:
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(local_rank())
 
 
 def rank() -> int:

@@ -63,7 +63,6 @@ class Reporter:
             ckpt = ray.train.get_checkpoint()
             return ckpt.as_directory() if ckpt else None
         if self.ckpt_dir and os.path.exists(os.path.join(self.ckpt_dir, "latest")):
-
             return contextlib.nullcontext(self.ckpt_dir)
         return None
 
