@@ -22,8 +22,15 @@ Outputs per row: `completion` (generated text without the prompt, eos and stop s
 `finish_reason` ("stop": eos or a stop string; "length": max_new_tokens reached; "error"),
 `num_tokens` (generated tokens, eos/stop tokens included) and `error` ("" or the message). A batch
 that raises is retried row by row, so one bad row costs its own sample, never the job. A prompt
-longer than the model's context (`max_position_embeddings`) is an "error" row without decoding
+that fills the model's context (`max_position_embeddings`) is an "error" row without decoding
 (vLLM refuses it too), so one hostile question cannot pad a whole batch to its length.
+
+The context also bounds each row's new tokens, as vLLM's `max_model_len` does: a row gets at most
+`min(max_new_tokens, context - its prompt length)`, and one the context cut is "length". No position
+at or past the context is ever computed. `generate` numbers each left-padded row's positions from
+its own first real token, so the rows are decoded in groups of equal budget: the rows with room for
+`max_new_tokens` (all of them, in the usual batch) decode together exactly as without the cap, and
+each shorter budget is its own `generate` call sized to it.
 """
 
 from __future__ import annotations
@@ -161,30 +168,38 @@ class HFSampler:
     @torch.inference_mode()
     def generate(self, prompts: list[str], seeds: list[int]) -> list[tuple[str, str, int, str]]:
         """(completion, finish_reason, num_tokens, error) per prompt."""
-        from transformers import GenerationConfig, LogitsProcessorList
-
         ids = self.tokenizer(prompts)["input_ids"]
         results: list[tuple[str, str, int, str] | None] = [None] * len(prompts)
+        by_budget: dict[int, list[int]] = {}  # new tokens a row may get -> its rows, in batch order
         for i, x in enumerate(ids):
-            if self.context is not None and len(x) > self.context:
-                results[i] = ("", "error", 0,
-                              f"prompt of {len(x)} tokens is longer than the model's context ({self.context})")
-        todo = [i for i, r in enumerate(results) if r is None]
-        if not todo:
-            return results
-        input_ids, mask = self._pad_left([ids[i] for i in todo])
+            if self.context is None:
+                by_budget.setdefault(self.max_new_tokens, []).append(i)
+            elif len(x) >= self.context:
+                what = "is longer than" if len(x) > self.context else "leaves no room for a new token in"
+                results[i] = ("", "error", 0, f"prompt of {len(x)} tokens {what} the model's context ({self.context})")
+            else:
+                by_budget.setdefault(min(self.max_new_tokens, self.context - len(x)), []).append(i)
+        for budget, rows in by_budget.items():
+            for i, result in zip(rows, self._decode([ids[i] for i in rows], [seeds[i] for i in rows], budget)):
+                results[i] = result
+        return results
+
+    def _decode(self, ids: list[list[int]], seeds: list[int], max_new_tokens: int) -> list[tuple[str, str, int, str]]:
+        """One `generate` call over rows whose prompts all leave room for `max_new_tokens` in the
+        context: a row's positions count from its first real token, so the last one computed is its
+        prompt length + max_new_tokens - 2."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        input_ids, mask = self._pad_left(ids)
         prompt_len = input_ids.shape[1]
-        seeds_t = torch.tensor([seeds[i] for i in todo], dtype=torch.int64, device=self.device)
-        gen_cfg = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+        seeds_t = torch.tensor(seeds, dtype=torch.int64, device=self.device)
+        gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
                                    eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id,
                                    stop_strings=self.stop_strings or None)
         sampling = SeededSampling(seeds_t, prompt_len, self.temperature, self.top_p)
         out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg,
                                   tokenizer=self.tokenizer, logits_processor=LogitsProcessorList([sampling]))
-        new = out[:, prompt_len:].cpu().numpy()  # [B, T_new]
-        for i, row in zip(todo, new):
-            results[i] = self._finish(row)
-        return results
+        return [self._finish(row) for row in out[:, prompt_len:].cpu().numpy()]  # [B, T_new]
 
     def _pad_left(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-padded input ids and attention mask (a tokenizer without a pad token pads too)."""

@@ -226,6 +226,55 @@ def test_a_prompt_longer_than_the_context_is_an_error_row_and_the_others_decode(
     assert alone["completion"][0] == out["completion"][0]
 
 
+def test_the_context_cuts_each_row_at_its_own_length_as_vllm_does(tiny_model_dir, tmp_path):
+    """With a 64-token context, rows whose prompt + max_new_tokens does not fit stop at the context
+    ("length", context - prompt tokens), each at its own length in a batch of mixed prompt lengths; no
+    position at or past the context is computed; a prompt that fills the context is an error row; the
+    rows with room decode as they do without the others."""
+    from transformers import AutoTokenizer
+
+    from hsdpo.model import build_model
+    from hsdpo.sampling.hf import HFSampler
+
+    context, max_new = 64, 16
+    small = tmp_path / "ctx64"
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok.save_pretrained(small)
+    build_model("micro", tok, max_position_embeddings=context).save_pretrained(small)
+    sampler = HFSampler(str(small), temperature=1.0, max_new_tokens=max_new, torch_threads=1)
+    positions: list[int] = []
+    sampler.model.model.register_forward_pre_hook(
+        lambda _m, _a, kw: positions.append(int(kw["position_ids"].max())), with_kwargs=True)
+
+    def n_tokens(prompt):
+        return len(sampler.tokenizer(prompt)["input_ids"])
+
+    def long_prompt(n):  # digits are single tokens: pad a question up to n prompt tokens
+        body = "Question: 12 + 7?"
+        while n_tokens(body + "\nAnswer: ") < n:
+            body += "1"
+        prompt = body + "\nAnswer: "
+        assert n_tokens(prompt) == n
+        return prompt
+
+    short = [str(p) for p in PROMPTS[:2]]
+    lengths = {p: n_tokens(p) for p in short}
+    assert all(n + max_new <= context for n in lengths.values())
+    cut = [long_prompt(context - 9), long_prompt(context - 3)]
+    full = long_prompt(context)
+    prompts = [cut[0], short[0], full, cut[1], short[1]]
+    out = sampler({"prompt": np.array(prompts, dtype=object), "seed": np.arange(1, 6)})
+    assert max(positions) < context
+    assert list(out["finish_reason"]) == ["length", "length", "error", "length", "length"]
+    assert [out["num_tokens"][i] for i in (0, 3)] == [9, 3]
+    assert out["error"][2] == f"prompt of {context} tokens leaves no room for a new token in the model's context (64)"
+    assert out["num_tokens"][1] == out["num_tokens"][4] == max_new
+    alone = sampler({"prompt": np.array(short, dtype=object), "seed": np.array([2, 5])})
+    assert [out["completion"][1], out["completion"][4]] == list(alone["completion"])
+    cut_alone = sampler({"prompt": np.array(cut[1:], dtype=object), "seed": np.array([4])})
+    assert cut_alone["completion"][0] == out["completion"][3] and cut_alone["num_tokens"][0] == 3
+
+
 def test_no_problems_in_the_split_is_one_line_and_the_samples_stay(sampled):
     from hsdpo.config import InputError, with_overrides
     from hsdpo.rundir import RunDir
