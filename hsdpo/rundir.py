@@ -37,6 +37,8 @@ from hsdpo import __version__
 MANIFEST = "_manifest.json"
 REJECTS = "_rejects"
 LOCKS = "_locks"
+PREVIOUS = "_previous"  # a stage's last complete output while it runs again (RunDir.set_aside)
+FAILED = "_failed"  # what the last failed run of a stage had written, when its previous output was put back
 
 
 def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -150,6 +152,28 @@ def remove(path: str) -> None:
         fs.rm(p, recursive=True)
 
 
+def _move_folder(src: str, dst: str) -> None:
+    """Move folder `src` to `dst` (which does not exist). Locally one rename. On an object store,
+    where a folder cannot be renamed, each file is copied (server-side) with the manifest last, then
+    the manifest is removed first: killed at any point, `src` or `dst` is whole with its manifest."""
+    fs, s = _fs(src)
+    _, d = _fs(dst)
+    s, d = s.rstrip("/"), d.rstrip("/")
+    if _is_local(fs):
+        os.makedirs(os.path.dirname(d), exist_ok=True)
+        os.rename(s, d)
+        return
+    names = sorted(posixpath.relpath(f, s) for f, info in fs.find(s, detail=True).items()
+                   if info.get("type") != "directory")
+    names.sort(key=lambda rel: rel == MANIFEST)  # the manifest last
+    for rel in names:
+        fs.makedirs(posixpath.dirname(f"{d}/{rel}"), exist_ok=True)
+        fs.copy(f"{s}/{rel}", f"{d}/{rel}")
+    if MANIFEST in names:
+        fs.rm(f"{s}/{MANIFEST}")
+    fs.rm(s, recursive=True)
+
+
 @dataclass
 class StageResult:
     stage: str
@@ -249,6 +273,65 @@ class RunDir:
             fs.rm(p, recursive=True)
         fs.makedirs(p, exist_ok=True)
         return self.path(output)
+
+    # ---- the previous output, kept while a stage runs again ------------------------------------
+    # A stage that runs again sets its last complete output aside in `_previous/<output>` before it
+    # empties its folder, and removes it once the new manifest is written. A body that fails (an
+    # error found only halfway, Ctrl-C) puts it back; a killed run leaves it there, and the next run
+    # of the stage puts it back before it decides whether to run (`recover`). Locally the set-aside
+    # is one rename; on an object store files are copied (server-side) manifest last and removed
+    # manifest first, so that at every moment one of the two folders is whole and marked complete.
+
+    def previous(self, output: str) -> str:
+        return self.path(PREVIOUS, output)
+
+    def _complete(self, path: str) -> bool:
+        try:
+            m = read_json(join(path, MANIFEST))
+        except ValueError:
+            return False
+        return isinstance(m, dict) and m.get("status") == "complete"
+
+    def has_previous(self, output: str) -> bool:
+        """A complete output set aside by a run of the stage that has not finished."""
+        return self._complete(self.previous(output))
+
+    def set_aside(self, output: str) -> bool:
+        """Move `output`, when it is complete, to `_previous/<output>` (replacing what a killed run
+        left there); True when it did. An incomplete folder is left for `reset` to remove."""
+        src, dst = self.path(output), self.previous(output)
+        if not self._complete(src):
+            return False
+        remove(dst)
+        _move_folder(src, dst)
+        return True
+
+    def restore(self, output: str, keep_failed: bool = False) -> bool:
+        """Put the output set aside back in place of what a run left in the folder; True when there
+        was one. `keep_failed`: what the run left goes to `_failed/<output>` (its logs and metrics,
+        to see why it failed; the one kept before it is replaced) instead of being removed."""
+        src, dst = self.previous(output), self.path(output)
+        if not self._complete(src):
+            return False
+        fs, p = _fs(dst)
+        if keep_failed and fs.exists(p):
+            remove(self.path(FAILED, output))
+            _move_folder(dst, self.path(FAILED, output))
+        remove(dst)
+        _move_folder(src, dst)
+        return True
+
+    def recover(self, output: str) -> bool:
+        """After a killed run: its partial folder replaced by the complete output it had set aside.
+        A complete folder wins over anything set aside (a run killed after its manifest was
+        written); what is set aside is then dropped. True when something was put back."""
+        if self._complete(self.path(output)):
+            self.drop_previous(output)
+            return False
+        return self.restore(output)
+
+    def drop_previous(self, output: str) -> None:
+        remove(self.previous(output))
 
     def finish(self, result: StageResult, config_hash: str, inputs: list[str], config: dict[str, Any],
                input_hashes: dict[str, str | None] | None = None) -> None:

@@ -10,7 +10,9 @@ which config sections its output depends on.
 manifest is written only after it returns, so a killed stage leaves no manifest behind.
 `preflight()`, when given, runs first (after the inputs are found, before the folder is emptied):
 what it refuses -- a model that cannot load, more workers than a local Ray has -- leaves the
-stage's previous output as it was. The whole of it runs under the stage's lock
+stage's previous output as it was. So does a body that fails: the previous complete output waits
+in `<run_dir>/_previous/<output>` while the body runs, and is put back when it raises (or, after a
+killed run, when the stage next starts); the stage's disk use is the old output plus the new one. The whole of it runs under the stage's lock
 (`hsdpo.rundir.stage_lock`): a second run of the same stage on the same run dir is refused while
 the first runs.
 """
@@ -26,7 +28,7 @@ import pyarrow.parquet as pq
 
 from hsdpo.config import PipelineConfig, dump_config
 from hsdpo.plan import Plan, check_plan
-from hsdpo.rundir import REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
+from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
 
 
 def log(msg: str) -> None:
@@ -51,6 +53,8 @@ def run_stage(
     stage, output, inputs = plan.stage, plan.output, list(plan.inputs)
     hashed = config_hash(cfg, plan)
     with stage_lock(cfg.run_dir, output):
+        if rd.recover(output):
+            log(f"{stage}: a stopped run's partial output replaced by the complete output it had set aside")
         if not force and rd.is_current(output, hashed, inputs):
             log(f"{stage} -> {rd.path(output)}: complete and current, skipped")
             return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)
@@ -60,14 +64,37 @@ def run_stage(
         if preflight is not None:
             preflight()
         log(f"{stage} -> {rd.path(output)}; resolved config:\n{dump_config(cfg)}")
+        kept = rd.set_aside(output)
         out = rd.reset(output)
-        t0 = time.perf_counter()
-        result = body(out)
-        result.wall_s = time.perf_counter() - t0
-        result.stage, result.output, result.path = stage, output, out
-        rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"), input_hashes=seen)
+        try:
+            t0 = time.perf_counter()
+            result = body(out)
+            result.wall_s = time.perf_counter() - t0
+            result.stage, result.output, result.path = stage, output, out
+            rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"), input_hashes=seen)
+        except BaseException:
+            if kept:
+                _put_back(rd, stage, output)
+            raise
+        if kept:
+            try:
+                rd.drop_previous(output)
+            except Exception as err:  # noqa: BLE001 -- the new output is complete; the next run drops it
+                log(f"warning: could not remove {rd.previous(output)}: {err}")
     print(format_table(result), flush=True)
     return result
+
+
+def _put_back(rd: RunDir, stage: str, output: str) -> None:
+    """After a failed body: the previous output back in place; a failure doing so is logged, and the
+    body's error is the one raised (the next run of the stage tries again: `RunDir.recover`)."""
+    try:
+        rd.restore(output, keep_failed=True)
+        log(f"{stage} failed; its previous output is back in {rd.path(output)}, and what the failed run"
+            f" wrote is in {rd.path(FAILED, output)}")
+    except Exception as err:  # noqa: BLE001
+        log(f"warning: {stage} failed and its previous output could not be put back ({err});"
+            f" it is in {rd.previous(output)}, and the next run of {stage} puts it back")
 
 
 def format_table(result: StageResult) -> str:

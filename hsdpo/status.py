@@ -18,7 +18,7 @@ from typing import Any
 from hsdpo.config import PipelineConfig
 from hsdpo.configbase import without_run_only
 from hsdpo.plan import plan, recipe_steps
-from hsdpo.rundir import MANIFEST, RunDir, _fs, lock_holder
+from hsdpo.rundir import MANIFEST, PREVIOUS, RunDir, _fs, lock_holder
 from hsdpo.stage import config_hash
 
 STATES = ("current", "running", "stale", "incomplete", "missing")
@@ -91,6 +91,9 @@ def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus
         left = fs.exists(folder)  # what a stopped run left, `_init/` or `_rejects/` alone included
         st.state, st.why = ("incomplete", "a stopped run's partial output (the next run starts it over)") if left \
             else ("missing", "not run yet")
+        if rd.has_previous(p.output):  # a killed run's: the next run puts it back, then decides
+            st.state, st.why = "incomplete", (f"a stopped run's partial output; the complete output it had set aside"
+                                              f" ({PREVIOUS}/{p.output}) is put back when the stage next runs")
         return st
     rows = m.get("rows")
     st.rows = {k: v for k, v in rows.items() if isinstance(v, int)} if isinstance(rows, dict) else {}

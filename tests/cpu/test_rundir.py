@@ -363,3 +363,110 @@ def test_a_holder_renews_its_lock_while_it_runs(tmp_path, monkeypatch):
         later = json.loads(lock.read_text())
     assert later["token"] == first["token"] and later["heartbeat"] > first["heartbeat"]
     assert not lock.exists()
+
+
+# ---- the previous output, kept while a stage runs again ----------------------------------------
+
+def test_a_stage_whose_body_fails_puts_its_previous_output_back_and_keeps_what_the_failed_run_wrote(tmp_path, capfd):
+    """An error found only halfway (here: after a file is written) leaves the last complete output,
+    manifest and rows as they were, so the stages after it stay current; the failed run's files are
+    in `_failed/`; the next successful run leaves nothing set aside."""
+    from hsdpo.config import InputError
+    from hsdpo.data.stage import run_data
+    from hsdpo.plan import plan
+    from hsdpo.rundir import RunDir, StageResult
+    from hsdpo.stage import read_rows, run_stage
+
+    run = tmp_path / "run"
+    cfg = _synthetic(str(run))
+    run_data(cfg)
+    rd = RunDir(str(run))
+    before, rows, h = rd.manifest("problems"), read_rows(rd.path("problems")), rd.input_hashes(["problems"])
+    seen = []
+
+    def body(out: str) -> StageResult:
+        seen.append(sorted(os.listdir(out)))  # an empty folder, the old output set aside
+        assert (run / "_previous" / "problems" / "_manifest.json").exists()
+        Path(out, "metrics.jsonl").write_text('{"step": 1}\n')
+        raise InputError("row 7 of 12 cannot be used")
+
+    with pytest.raises(InputError, match="row 7 of 12"):
+        run_stage(cfg, plan(cfg, "data"), body=body, force=True)
+    assert seen == [[]]
+    assert rd.manifest("problems") == before and read_rows(rd.path("problems")) == rows
+    assert rd.input_hashes(["problems"]) == h  # what the stages after it recorded still matches
+    assert (run / "_failed" / "problems" / "metrics.jsonl").read_text() == '{"step": 1}\n'
+    assert not (run / "_previous").exists() or not any((run / "_previous").iterdir())
+    assert "data failed; its previous output is back in" in capfd.readouterr().err
+    assert run_data(cfg).skipped  # complete and current
+    res = run_data(_synthetic(str(run), 30))
+    assert res.rows["problems"] == 30 and not (run / "_previous" / "problems").exists()
+
+
+KILLED_BODY = r"""
+import os, signal, sys
+from pathlib import Path
+from hsdpo.config import config_from_dict
+from hsdpo.plan import plan
+from hsdpo.stage import run_stage
+cfg = config_from_dict({"run_dir": sys.argv[1], "data": {"sources": [{"name": "synthetic", "synthetic": {"num_problems": 30}}]}})
+def body(out):
+    Path(out, "part-0.parquet").write_bytes(b"half a file")
+    os.kill(os.getpid(), signal.SIGKILL)
+run_stage(cfg, plan(cfg, "data"), body=body)
+"""
+
+
+def test_a_killed_run_leaves_its_previous_output_set_aside_and_the_next_run_puts_it_back(tmp_path, capfd):
+    import subprocess
+    import sys
+
+    from hsdpo.data.stage import run_data
+    from hsdpo.rundir import RunDir
+    from hsdpo.stage import read_rows
+    from hsdpo.status import step_status
+
+    run = tmp_path / "run"
+    cfg = _synthetic(str(run))
+    run_data(cfg)
+    rd = RunDir(str(run))
+    before, rows = rd.manifest("problems"), read_rows(rd.path("problems"))
+    proc = subprocess.run([sys.executable, "-c", KILLED_BODY, str(run)], capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr
+    assert rd.manifest("problems") is None and (run / "problems" / "part-0.parquet").exists()
+    assert rd.has_previous("problems")
+    st = step_status(cfg, "data", set())
+    assert st.state == "incomplete" and "(_previous/problems) is put back when the stage next runs" in st.why
+    capfd.readouterr()
+    assert run_data(cfg).skipped  # put back, and current for the config it was made with
+    assert "partial output replaced by the complete output it had set aside" in capfd.readouterr().err
+    assert rd.manifest("problems") == before and read_rows(rd.path("problems")) == rows
+    assert not (run / "problems" / "part-0.parquet").exists() and not rd.has_previous("problems")
+
+
+def test_on_an_object_store_the_set_aside_is_copied_manifest_last_and_put_back(bucket):
+    """memory:// has no folder rename: files are copied with the manifest last, and removed manifest
+    first; an interrupted copy (no manifest yet at the destination) is not taken for an output."""
+    import json
+
+    from hsdpo.rundir import MANIFEST, RunDir
+
+    rd = RunDir(f"{bucket}/run")
+    fs = fsspec.filesystem("memory")
+    root = f"{bucket}/run".split("://", 1)[1]
+    files = {"problems/part-0.parquet": b"rows", "problems/_rejects/rejects.parquet": b"bad",
+             f"problems/{MANIFEST}": json.dumps({"status": "complete", "rows": {"problems": 3}}).encode()}
+    for rel, data in files.items():
+        fs.pipe_file(f"{root}/{rel}", data)
+    assert rd.set_aside("problems")
+    assert not fs.exists(f"{root}/problems")
+    assert {k: fs.cat_file(f"{root}/_previous/{k}") for k in files} == files
+    fs.pipe_file(f"{root}/problems/part-0.parquet", b"half")  # what a failed run wrote
+    assert rd.restore("problems", keep_failed=True)
+    assert {k: fs.cat_file(f"{root}/{k}") for k in files} == files
+    assert fs.cat_file(f"{root}/_failed/problems/part-0.parquet") == b"half"
+    assert not rd.has_previous("problems") and not rd.restore("problems")
+    # a copy cut short before its manifest: not complete, so never put back over the folder
+    fs.pipe_file(f"{root}/_previous/problems/part-0.parquet", b"partial copy")
+    assert not rd.has_previous("problems") and not rd.recover("problems")
+    assert fs.cat_file(f"{root}/problems/part-0.parquet") == b"rows"
