@@ -1,4 +1,4 @@
-"""Final-answer extraction: `#### N`, `The answer is: X`, `\\boxed{X}`, else the last number.
+"""Final-answer extraction: `#### N`, `The answer is: X`, an `Answer: X` line, `\\boxed{X}`, else the last number.
 
 `extract_answer` is also what the data loaders use on gold solutions (GSM8K ends in `#### N`,
 MetaMathQA-style MATH solutions in `The answer is: X`). Every scan is linear in the text, so
@@ -13,10 +13,15 @@ from dataclasses import dataclass
 MAX_SCAN = 50_000  # characters at the end of a solution looked at for its answer
 MAX_ANSWER_CHARS = 1_000  # longer extracted answers are cut (and never equal a gold answer)
 MAX_CANDIDATES = 8  # marked answers compared for the conflicting-answers check
-MARKER_RULES = ("hash", "answer_is", "boxed")
+MARKER_RULES = ("hash", "answer_is", "answer_line", "boxed")
 
 _HASH = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"\b(?:the|final|my)\s+(?:final\s+)?answer\s+is\b:?[ \t]*", re.I)
+# `Answer: 72`, `**Answer:** 72`, `## Final answer: $\frac{3}{4}$`: a line that opens, after
+# whitespace and markdown bold / heading / quote marks (one character class: linear), with the label.
+_LABEL = r"(?:final[ \t]+)?answer[ \t*_]*:"
+_ANSWER_LINE = re.compile(r"^[ \t*_#>]*" + _LABEL, re.I | re.M)
+_HEADING_LABEL = re.compile(r"[ \t*_#]*" + _LABEL, re.I)  # `#### Final Answer: 72` is a heading, not `#### N`
 # Thousands separators only in groups of three: "72, which" ends in 72, "1,2,3" in 3.
 _NUMBER = re.compile(r"-?\$?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
 _BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
@@ -25,7 +30,7 @@ _BOX_TOKENS = re.compile(r"\\(?:boxed|fbox)\s*\{|\{|\}")
 @dataclass(frozen=True)
 class Extraction:
     answer: str | None
-    rule: str  # "hash" | "answer_is" | "boxed" | "last_number" | "none"
+    rule: str  # "hash" | "answer_is" | "answer_line" | "boxed" | "last_number" | "none"
     start: int = -1  # offset of the marker (or number) in the scanned text
 
 
@@ -80,7 +85,11 @@ def _cap(s: str) -> str:
 
 
 def _hash_matches(text: str) -> list[tuple[int, str]]:
-    return [(m.start(), _clean_tail(m.group(1))) for m in _HASH.finditer(text) if m.group(1).strip()]
+    return [
+        (m.start(), _clean_tail(m.group(1)))
+        for m in _HASH.finditer(text)
+        if m.group(1).strip() and not _HEADING_LABEL.match(m.group(1))
+    ]
 
 
 def _answer_is_matches(text: str) -> list[tuple[int, str]]:
@@ -98,14 +107,54 @@ def _answer_is_matches(text: str) -> list[tuple[int, str]]:
     return out
 
 
+# The content of an `Answer:` line must look like an answer: a solution that opens with
+# `Answer: First, we compute ...` (the prompt format ends in `Answer: `) states no answer there.
+# A number, then at most three (unit) words, then nothing or a remark: the number is the answer.
+_LEAD_NUMBER = re.compile(
+    r"(-?(?:\\?\$)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?)"
+    r"(?:[ \t]+(?!(?:times|plus|minus|over|divided|and|or|to|of)\b)[A-Za-z]+){0,3}"
+    r"[ \t]*(?:$|\(|[,;][ \t]*[A-Za-z]|\.\s)"
+)
+# A word, then a word of two or more letters, is prose, no answer: `First, we`. A word right
+# after `\\` or `{` starts none (`\\text{even}`, `\\frac{a}{b}`).
+_PROSE = re.compile(r"(?<![\\{A-Za-z])[A-Za-z]+(?:['’][A-Za-z]+)?[ \t,;:]+[A-Za-z]{2,}")
+
+
+def _answer_line_content(raw: str) -> str:
+    """The answer an `Answer:` line states (`72 apples (3 boxes of 24)` -> 72), '' if it states none."""
+    s = _clean_tail(raw)
+    if (lead := _LEAD_NUMBER.match(s)) is not None:
+        return lead.group(1)
+    head = raw[: 4 * MAX_ANSWER_CHARS].strip().lstrip("*").lstrip()
+    if head.startswith(("$", "\\(", "\\[", "\\boxed", "\\fbox")):  # math is an answer, words and all
+        return s
+    return "" if s.endswith(":") or _PROSE.search(s) else s
+
+
+def _answer_line_matches(text: str) -> list[tuple[int, str]]:
+    """Each `Answer:` / `Final answer:` line with the answer it states."""
+    out = []
+    for m in _ANSWER_LINE.finditer(text):
+        end = text.find("\n", m.end(), m.end() + 4 * MAX_ANSWER_CHARS)  # one match per line: linear
+        tail = _answer_line_content(text[m.end() : end if end >= 0 else m.end() + 4 * MAX_ANSWER_CHARS])
+        if tail:
+            out.append((m.start(), tail))
+    return out
+
+
+# The line markers in priority order (`\\boxed`, the last marker rule, comes after them).
+_MARKED = (("hash", _hash_matches), ("answer_is", _answer_is_matches), ("answer_line", _answer_line_matches))
+
+
 def _scan_window(text: str) -> tuple[str, int]:
     return (text[-MAX_SCAN:], len(text) - MAX_SCAN) if len(text) > MAX_SCAN else (text, 0)
 
 
 def extract_answer(text: str) -> Extraction:
-    """The final answer and the rule that found it; `#### N` wins over `The answer is`, then `\\boxed`."""
+    """The final answer and the rule that found it; `#### N` wins over `The answer is`, then an
+    `Answer:` line, then `\\boxed`."""
     text, offset = _scan_window(text)
-    for rule, finder in (("hash", _hash_matches), ("answer_is", _answer_is_matches)):
+    for rule, finder in _MARKED:
         found = finder(text)
         if found:
             return Extraction(found[-1][1], rule, found[-1][0] + offset)
@@ -121,9 +170,10 @@ def extract_answer(text: str) -> Extraction:
 
 
 def answer_candidates(text: str) -> list[str]:
-    """Every marked final answer (`####`, `The answer is`, `\\boxed`), for the conflicting-answers check."""
+    """Every marked final answer (`####`, `The answer is`, `Answer:`, `\\boxed`), for the
+    conflicting-answers check."""
     text, _ = _scan_window(text)
-    found = _hash_matches(text)[-MAX_CANDIDATES:] + _answer_is_matches(text)[-MAX_CANDIDATES:]
+    found = [f for _, finder in _MARKED for f in finder(text)[-MAX_CANDIDATES:]]
     return [a for _, a in found + [b for b in boxed_spans(text) if b[1]]]
 
 

@@ -81,7 +81,7 @@ class VerifierConfig(StrictModel):
     )
     f_no_marker: float = Field(
         0.5, ge=0, le=1,
-        description="answer only found by the last-number fallback (no ####, 'The answer is' or \\boxed)",
+        description="answer only found by the last-number fallback (no ####, 'The answer is', 'Answer:' line or \\boxed)",
     )
     f_conflicting: float = Field(0.5, ge=0, le=1, description="several marked final answers that are not equivalent")
     f_unparseable: float = Field(0.5, ge=0, le=1, description="final answer neither a number nor parseable LaTeX")

@@ -23,6 +23,7 @@ import pytest
 from pydantic import ValidationError
 
 from hsdpo.verifier import ErrorProfile, VerifierConfig, extract_answer, verify, warmup
+from hsdpo.verifier.answers import answer_candidates
 from hsdpo.verifier.equivalence import answers_equivalent
 from hsdpo.verifier.exact import DEFAULT_LIMITS, LimitExceeded, parse_number
 from hsdpo.verifier.grounding import is_grounded, number_words, question_quantities
@@ -65,6 +66,22 @@ def _symbolic_child() -> None:
         ("The answer is \\[72\\]", "72", "answer_is"),
         ("The answer is: **72**", "72", "answer_is"),
         ("**The answer is: 72**", "72", "answer_is"),
+        # a final `Answer:` line (instruct-model style), read like `answer is` content
+        ("Natalia sold 48+24 = 72 clips.\nAnswer: 72", "72", "answer_line"),
+        ("**Answer:** 72", "72", "answer_line"),
+        ("**Final Answer**: 72", "72", "answer_line"),
+        ("## Final answer: 72", "72", "answer_line"),
+        ("#### Final Answer: 72", "72", "answer_line"),  # a heading, not GSM8K's `#### N`
+        ("> **Final answer:** 12 dollars", "12", "answer_line"),
+        ("Final answer: $\\frac{3}{4}$", "\\frac{3}{4}", "answer_line"),
+        ("Answer: 72 apples (3 boxes of 24)", "72", "answer_line"),
+        ("Answer: 72. She sold 72 clips.", "72", "answer_line"),
+        ("Answer: \\$1,234.50 per week", "\\$1,234.50", "answer_line"),
+        ("answer: x = 3", "x = 3", "answer_line"),
+        ("Answer: 2, 3", "2, 3", "answer_line"),
+        ("Answer: 5 \\text{ cm}", "5 \\text{ cm}", "answer_line"),
+        ("Answer: (C)", "(C)", "answer_line"),
+        ("So we get \\boxed{3} boxes.\nAnswer: 72", "72", "answer_line"),  # an `Answer:` line wins over \boxed
         ("So she sold 72, which is all of them", "72", "last_number"),
         ("the sequence 1,2,3", "3", "last_number"),
         ("She sold 1,000, in total", "1,000", "last_number"),
@@ -332,11 +349,59 @@ def test_worked_example_absurd() -> None:
         ("Natalia sold 72 clips.", None, "no_answer_marker", 0.5),
         ("Natalia sold many clips.", None, "no_answer", 1.0),
         ("The answer is \\boxed{70}.\n#### 72", None, "conflicting_answers", 0.5),
+        ("**Answer:** 70\n#### 72", None, "conflicting_answers", 0.5),
     ],
 )
 def test_format(text: str, finish_reason: str | None, flag: str, score: float) -> None:
     v = verify(text, "72", QUESTION, finish_reason=finish_reason)
     assert flag in v.flags and v.profile.format == score
+
+
+def test_answer_line_is_a_marker() -> None:
+    # `Answer: 72` is read through a marker, not the last-number fallback: no format penalty, and
+    # the number inside a remark after the answer is not the answer.
+    for text in ("Natalia sold 48+24 = 72 clips.\nAnswer: 72",
+                 "So 3 * 24 = 72.\n**Answer:** 72 apples (3 boxes of 24)"):
+        v = verify(text, "72", QUESTION)
+        assert v.correct and v.pred_answer == "72", v
+        assert v.profile.format == 0 and "no_answer_marker" not in v.flags and "truncated" not in v.flags
+    v = verify("Final Answer: $\\frac{3}{4}$", "0.75")
+    assert v.correct and v.pred_answer == "\\frac{3}{4}" and v.profile.format == 0
+
+
+def test_answer_line_conflicting_with_hash() -> None:
+    # `####` wins, and the differing `Answer:` line is a second marked answer.
+    text = "Answer: 3\n#### 4"
+    assert (extract_answer(text).answer, extract_answer(text).rule) == ("4", "hash")
+    assert sorted(answer_candidates(text)) == ["3", "4"]
+    v = verify(text, "4")
+    assert v.correct and "conflicting_answers" in v.flags and v.profile.format == 0.5
+    # `The answer is` wins over an `Answer:` line too; the same answer twice is no conflict.
+    v = verify("The answer is 4.\nAnswer: 3", "4")
+    assert v.pred_answer == "4" and "conflicting_answers" in v.flags
+    assert "conflicting_answers" not in verify("The answer is 4.\nAnswer: 4", "4").flags
+
+
+def test_answer_line_with_prose_states_no_answer() -> None:
+    # A solution that opens with the prompt's own label (`Question: ...\nAnswer: `) and then
+    # reasons: `First, we compute ...` is no answer, neither final nor a conflicting candidate.
+    opening = "Answer: First, we compute 3 + 4 = 7 boxes.\nThen 7 - 2 = 5.\n"
+    text = opening + "The answer is 5"
+    assert (extract_answer(text).answer, extract_answer(text).rule) == ("5", "answer_is")
+    assert answer_candidates(text) == ["5"]
+    v = verify(text, "5")
+    assert v.correct and "conflicting_answers" not in v.flags
+    text = opening + "**Answer:** 5"
+    assert (extract_answer(text).answer, extract_answer(text).rule) == ("5", "answer_line")
+    assert answer_candidates(text) == ["5"]
+    assert verify(text, "5").profile.format == 0
+    # Prose after the label, even one that opens with a number, and a label inside a sentence
+    # are no marker: the later `Answer:` line is the answer.
+    for prose in ("Answer: We have:", "Answer: Let's think step by step.", "Answer: 3 boxes of 24 apples make 72.",
+                  "The Answer: 3 comes later."):
+        text = prose + "\n3 + 2 = 5\nAnswer: 5"
+        assert (extract_answer(text).answer, extract_answer(text).rule) == ("5", "answer_line"), prose
+        assert answer_candidates(text) == ["5"], prose
 
 
 def test_length_cut_is_never_correct() -> None:
