@@ -54,9 +54,21 @@ def plan(cfg: PipelineConfig, stage: str) -> Plan:
         d = cfg.dpo
         return Plan("dpo", d.output, (d.pairs_from, *model_inputs(cfg, d.init_from)), ("model", "dpo", "seed"))
     if stage == "eval":
-        return Plan("eval", cfg.eval.output, (*model_inputs(cfg, *cfg.eval.models.values()), cfg.data.output),
+        return Plan("eval", cfg.eval.output,
+                    (*model_inputs(cfg, *cfg.eval.models.values()), cfg.data.output, *report_inputs(cfg)),
                     ("eval", "sample", "verifier", "model", "seed"))
     raise ValueError(f"unknown stage {stage!r}")
+
+
+def report_inputs(cfg: PipelineConfig) -> tuple[str, ...]:
+    """What the eval report's plots draw from besides the models (the training samples' wrong
+    answers, the pairs' weights): inputs of eval when they are complete, so that re-making them
+    leaves the report stale; absent ones (models from elsewhere, `eval.plots: false`) are none."""
+    if not cfg.eval.plots:
+        return ()
+    rd = RunDir(cfg.run_dir)
+    return tuple(o for o in dict.fromkeys((cfg.sample.output, cfg.pairs.output))
+                 if o != cfg.eval.output and (rd.manifest(o) or {}).get("status") == "complete")
 
 
 def check_plan(p: Plan) -> None:

@@ -14,7 +14,9 @@ Output `<run_dir>/<eval.output>/`:
 - `samples/<name>/{greedy,sampled}/*.parquet`: every solution with its verdict columns;
 - `summary.json`: `{"models": {name: {"accuracy", "n", "by_source", "by_steps", "near_miss",
   "error_profile", ["pass@k", "majority"], "path", ...}}, "num_problems", "near_miss", "split"}`;
-- `report.md` + PNG plots (hsdpo.eval.report).
+- `report.md` + PNG plots (hsdpo.eval.report), drawn also from the run dir's training samples and
+  pairs when they are complete, which are then inputs of the stage (`plan.report_inputs`): a
+  re-made `pairs/` leaves the report stale.
 The arithmetic lives in hsdpo.eval.metrics (pure Python); this module only moves rows.
 """
 
@@ -27,6 +29,7 @@ from typing import Any
 from hsdpo.config import PipelineConfig
 from hsdpo.eval.metrics import format_comparison, summarize
 from hsdpo.eval.report import ReportInputs, write_report
+from hsdpo.plan import report_inputs as plan_report_inputs
 from hsdpo.rundir import RunDir, StageResult, _fs, join, local_dir, write_json_atomic
 from hsdpo.stage import log, read_rows
 
@@ -89,7 +92,7 @@ def model_paths(cfg: PipelineConfig) -> dict[str, str]:
 
 def _negatives(cfg: PipelineConfig) -> list[dict]:
     rd = RunDir(cfg.run_dir)
-    if rd.manifest(cfg.sample.output) is None:
+    if cfg.sample.output not in plan_report_inputs(cfg):  # complete, and so an input of the stage
         return []
     rows = [r for r in read_rows(rd.path(cfg.sample.output)) if not r.get("correct") and r.get("wrongness") is not None]
     return rows[:MAX_NEGATIVES_PLOTTED]
@@ -97,7 +100,7 @@ def _negatives(cfg: PipelineConfig) -> list[dict]:
 
 def _pair_weights(cfg: PipelineConfig) -> list[tuple[float, str]]:
     rd = RunDir(cfg.run_dir)
-    if rd.manifest(cfg.pairs.output) is None:
+    if cfg.pairs.output not in plan_report_inputs(cfg):
         return []
     return [(float(r["weight"]), str(r.get("kind", "pair"))) for r in read_rows(rd.path(cfg.pairs.output))
             if r.get("weight") is not None]

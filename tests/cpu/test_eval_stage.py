@@ -105,7 +105,30 @@ def test_eval_stage_writes_summary_samples_and_report(run_cfg):
     report = open(os.path.join(out, "report.md")).read()
     assert "| weighted_dpo | 75.0% |" in report and "![accuracy by model and subset](accuracy.png)" in report
     manifest = RunDir(run_cfg.run_dir).manifest("eval")
-    assert set(manifest["inputs"]) == {"sft", "dpo", "weighted_dpo", "problems"}
+    assert set(manifest["inputs"]) == {"sft", "dpo", "weighted_dpo", "problems", "pairs", "samples"}
+
+
+def test_the_report_s_samples_and_pairs_are_inputs_so_re_making_them_leaves_it_stale(run_cfg):
+    """The plots draw the training samples' wrong answers and the pairs' weights: a re-made pairs/
+    leaves the eval stale (and a re-run redraws from it); without plots, or with those stages
+    absent or incomplete, they are no inputs and are not read."""
+    from hsdpo.plan import plan
+    from hsdpo.stage import config_hash
+
+    rd = RunDir(run_cfg.run_dir)
+    eval_stage.run_eval(run_cfg)
+    p = plan(run_cfg, "eval")
+    assert rd.is_current("eval", config_hash(run_cfg, p), list(p.inputs))
+    out = rd.reset("pairs")
+    write_rows([{"pair_id": "y", "weight": 2.0, "kind": "hard"}], out + "/pairs.parquet")
+    rd.finish(StageResult(stage="pairs", output="pairs", path=out), "h2", [], {})
+    assert rd.staleness("eval", config_hash(run_cfg, p), list(p.inputs)) == ("input re-made", "pairs")
+    assert not eval_stage.run_eval(run_cfg).skipped
+    assert eval_stage.report_inputs(run_cfg).pair_weights == [(2.0, "hard")]
+    os.remove(rd.path("samples", "_manifest.json"))  # a killed sample run: not read, not an input
+    assert "samples" not in plan(run_cfg, "eval").inputs and eval_stage.report_inputs(run_cfg).negatives == []
+    no_plots = with_overrides(run_cfg, ["eval.plots=false"])
+    assert set(plan(no_plots, "eval").inputs) == {"sft", "dpo", "weighted_dpo", "problems"}
 
 
 def test_eval_stage_skips_when_current_and_reruns_when_a_model_changes(run_cfg):
