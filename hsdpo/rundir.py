@@ -39,6 +39,7 @@ REJECTS = "_rejects"
 LOCKS = "_locks"
 PREVIOUS = "_previous"  # a stage's last complete output while it runs again (RunDir.set_aside)
 FAILED = "_failed"  # what the last failed run of a stage had written, when its previous output was put back
+FAILURE = "_failure.json"  # in a failed run's folder: its error, when and by what command (RunDir.record_failure)
 
 
 def _fs(path: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -332,6 +333,30 @@ class RunDir:
 
     def drop_previous(self, output: str) -> None:
         remove(self.previous(output))
+
+    def record_failure(self, output: str, err: BaseException) -> None:
+        """`<output>/_failure.json` in a failed run's folder (moved with it to `_failed/` when the
+        previous output is put back): the error's type and first line, when, and the command."""
+        first = (str(err).strip().splitlines() or [""])[0][:500]
+        write_json_atomic(self.path(output, FAILURE), {
+            "error": f"{type(err).__name__}: {first}" if first else type(err).__name__,
+            "failed_at": time.time(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300]})
+
+    def last_failure(self, output: str) -> dict[str, Any] | None:
+        """The failure record of the stage's last failed run that is newer than its output: in the
+        folder itself (a failed run that had nothing to put back) or in `_failed/<output>` (one whose
+        previous output was put back, and that has not been followed by a successful run)."""
+        m = self.manifest(output) or {}
+        done = m.get("finished_at") if m.get("status") == "complete" else None
+        for path in (self.path(output, FAILURE), self.path(FAILED, output, FAILURE)):
+            try:
+                rec = read_json(path)
+            except ValueError:
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("failed_at"), (int, float)) and \
+                    (not isinstance(done, (int, float)) or rec["failed_at"] > done):
+                return rec
+        return None
 
     def finish(self, result: StageResult, config_hash: str, inputs: list[str], config: dict[str, Any],
                input_hashes: dict[str, str | None] | None = None) -> None:

@@ -72,7 +72,11 @@ def run_stage(
             result.wall_s = time.perf_counter() - t0
             result.stage, result.output, result.path = stage, output, out
             rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"), input_hashes=seen)
-        except BaseException:
+        except BaseException as err:
+            try:
+                rd.record_failure(output, err)
+            except Exception:  # noqa: BLE001 -- the body's error is the one to raise
+                pass
             if kept:
                 _put_back(rd, stage, output)
             raise

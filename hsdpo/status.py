@@ -18,7 +18,7 @@ from typing import Any
 from hsdpo.config import PipelineConfig
 from hsdpo.configbase import without_run_only
 from hsdpo.plan import plan, recipe_steps
-from hsdpo.rundir import MANIFEST, PREVIOUS, RunDir, _fs, lock_holder
+from hsdpo.rundir import FAILED, MANIFEST, PREVIOUS, RunDir, _fs, lock_holder
 from hsdpo.stage import config_hash
 
 STATES = ("current", "running", "stale", "incomplete", "missing")
@@ -72,7 +72,16 @@ def _since(t: Any) -> str:
 
 def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus:
     """The state of one step; `remade` holds the outputs of earlier steps that a pipeline run would
-    write again (so this one's inputs would change under it)."""
+    write again (so this one's inputs would change under it). A finished output that a later, failed
+    run put back (`run_stage`) says so, with the error."""
+    st = _step_status(cfg, stage, remade)
+    if st.state in ("current", "stale") and (failed := RunDir(cfg.run_dir).last_failure(st.output)) is not None:
+        st.why += (f"; a later run failed {_since(failed.get('failed_at'))}: {failed.get('error')}"
+                   f" (its files in {FAILED}/{st.output})")
+    return st
+
+
+def _step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus:
     p = plan(cfg, stage)
     rd = RunDir(cfg.run_dir)
     st = StepStatus(stage, p.output, "current", "")
@@ -94,6 +103,8 @@ def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus
         if rd.has_previous(p.output):  # a killed run's: the next run puts it back, then decides
             st.state, st.why = "incomplete", (f"a stopped run's partial output; the complete output it had set aside"
                                               f" ({PREVIOUS}/{p.output}) is put back when the stage next runs")
+        elif left and (failed := rd.last_failure(p.output)) is not None:
+            st.why = f"its last run failed {_since(failed.get('failed_at'))}: {failed.get('error')} (the next run starts it over)"
         return st
     rows = m.get("rows")
     st.rows = {k: v for k, v in rows.items() if isinstance(v, int)} if isinstance(rows, dict) else {}

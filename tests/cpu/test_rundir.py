@@ -370,12 +370,16 @@ def test_a_holder_renews_its_lock_while_it_runs(tmp_path, monkeypatch):
 def test_a_stage_whose_body_fails_puts_its_previous_output_back_and_keeps_what_the_failed_run_wrote(tmp_path, capfd):
     """An error found only halfway (here: after a file is written) leaves the last complete output,
     manifest and rows as they were, so the stages after it stay current; the failed run's files are
-    in `_failed/`; the next successful run leaves nothing set aside."""
+    in `_failed/` with a record of the error, which `hsdpo status` names; the next successful run
+    leaves nothing set aside."""
+    import json
+
     from hsdpo.config import InputError
     from hsdpo.data.stage import run_data
     from hsdpo.plan import plan
     from hsdpo.rundir import RunDir, StageResult
     from hsdpo.stage import read_rows, run_stage
+    from hsdpo.status import step_status
 
     run = tmp_path / "run"
     cfg = _synthetic(str(run))
@@ -386,7 +390,7 @@ def test_a_stage_whose_body_fails_puts_its_previous_output_back_and_keeps_what_t
 
     def body(out: str) -> StageResult:
         seen.append(sorted(os.listdir(out)))  # an empty folder, the old output set aside
-        assert (run / "_previous" / "problems" / "_manifest.json").exists()
+        assert (Path(out).parent / "_previous" / "problems" / "_manifest.json").exists() == (len(seen) == 1)
         Path(out, "metrics.jsonl").write_text('{"step": 1}\n')
         raise InputError("row 7 of 12 cannot be used")
 
@@ -398,9 +402,22 @@ def test_a_stage_whose_body_fails_puts_its_previous_output_back_and_keeps_what_t
     assert (run / "_failed" / "problems" / "metrics.jsonl").read_text() == '{"step": 1}\n'
     assert not (run / "_previous").exists() or not any((run / "_previous").iterdir())
     assert "data failed; its previous output is back in" in capfd.readouterr().err
+    record = json.loads((run / "_failed" / "problems" / "_failure.json").read_text())
+    assert record["error"] == "InputError: row 7 of 12 cannot be used"
+    st = step_status(cfg, "data", set())  # current, and says that a later run failed
+    assert st.state == "current" and st.why.endswith(
+        ": InputError: row 7 of 12 cannot be used (its files in _failed/problems)") and "a later run failed" in st.why
     assert run_data(cfg).skipped  # complete and current
     res = run_data(_synthetic(str(run), 30))
     assert res.rows["problems"] == 30 and not (run / "_previous" / "problems").exists()
+    assert "failed" not in step_status(_synthetic(str(run), 30), "data", set()).why  # the failure is older
+
+    fresh = _synthetic(str(tmp_path / "fresh"))  # a first run that fails: nothing to put back
+    with pytest.raises(InputError):
+        run_stage(fresh, plan(fresh, "data"), body=body)
+    st = step_status(fresh, "data", set())
+    assert st.state == "incomplete" and st.why.startswith("its last run failed ") and \
+        st.why.endswith(": InputError: row 7 of 12 cannot be used (the next run starts it over)")
 
 
 KILLED_BODY = r"""
