@@ -12,7 +12,9 @@ Per problem (its samples, each a dict with the verdict columns):
   sample_id. When none is correct and `use_gold` is set, the gold solution (pair kind "gold");
 - rejected (negatives="hard"): hard negatives first (kind "hard"), then the other wrong samples
   (kind "easy"), each group nearest-miss first (lowest wrongness, then absurdity, then
-  sample_id), identical completions once, up to `pairs_per_problem`. A wrong sample whose text
+  sample_id), identical completions once, up to `pairs_per_problem`. Samples with the right answer
+  that are not correct (cut at the token limit, `verifier.require_complete`) come after every wrong
+  answer, as the least wrong. A wrong sample whose text
   is the chosen text (stripped) is never a rejected one (excluded as `same_as_chosen`);
   (negatives="random"): a seeded uniform draw from all wrong samples, the ablation of mining;
   kind still says whether the drawn sample is a hard negative;
@@ -185,8 +187,14 @@ def pick_negatives(wrong: list[Row], cfg: PairsConfig, rng: random.Random) -> li
         distinct = _distinct(wrong)
         return rng.sample(distinct, min(len(distinct), cfg.pairs_per_problem))
     hard = sorted((r for r in wrong if r["hard_negative"]), key=_nearest_first)
-    easy = sorted((r for r in wrong if not r["hard_negative"]), key=_nearest_first)
+    # a right answer that is not correct (cut at the token limit) has the lowest wrongness of all,
+    # and is the least wrong: after every wrong answer
+    easy = sorted((r for r in wrong if not r["hard_negative"]), key=lambda r: (_right_answer(r), *_nearest_first(r)))
     return _distinct(hard + easy)[: cfg.pairs_per_problem]
+
+
+def _right_answer(r: Row) -> bool:
+    return _finite(r.get("err_answer")) and float(r["err_answer"]) == 0.0
 
 
 def first_error_cut(rejected: str, chosen: str, first_error_step: int) -> str | None:

@@ -109,6 +109,8 @@ def absurdity(p: ErrorProfile, cfg: VerifierConfig) -> float:
 def is_hard_negative(
     correct: bool, has_answer: bool, p: ErrorProfile, absurd: float, error_steps: int, cfg: VerifierConfig
 ) -> bool:
-    """Wrong yet plausible and near: absurdity <= τ_A and (numeric <= τ_n or one localised step error)."""
+    """A wrong answer yet plausible and near: absurdity <= τ_A and (numeric <= τ_n or one localised
+    step error). A right answer that is not correct (cut at the token limit under `require_complete`)
+    is no hard negative: its flaw is the run-on text, not a near miss."""
     near = p.numeric <= cfg.tau_numeric or error_steps == 1
-    return not correct and has_answer and absurd <= cfg.tau_absurdity and near
+    return not correct and p.answer > 0 and has_answer and absurd <= cfg.tau_absurdity and near

@@ -32,6 +32,10 @@ CASES = [
     ("hard negatives first, then easy, nearest first",
      [s(0, True), s(1, False, wrong=0.6), s(2, False, wrong=0.3, hard=True), s(3, False, wrong=0.2)],
      PairsConfig(pairs_per_problem=3), [(0, 2, "hard"), (0, 3, "easy"), (0, 1, "easy")], None),
+    ("a right answer cut at the token limit comes after every wrong answer",
+     [s(0, True), {**s(1, False, wrong=0.6), "err_answer": 1.0},
+      {**s(2, False, wrong=0.0, absurd=0.3), "err_answer": 0.0, "pred_answer": "4"}, {**s(3, False, wrong=0.9), "err_answer": 1.0}],
+     PairsConfig(pairs_per_problem=2), [(0, 1, "easy"), (0, 3, "easy")], None),
     ("chosen = lowest wrongness, then shortest",
      [s(0, True, "a much longer solution"), s(1, True, "short"), s(2, False, hard=True)] + [
          {**s(3, True, "tiny"), "wrongness": 0.1}],

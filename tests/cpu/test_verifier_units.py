@@ -311,7 +311,21 @@ def test_magnitude_and_aggregates() -> None:
     ],
 )
 def test_hard_negative_rule(correct: bool, numeric: float, absurd: float, error_steps: int, hard: bool) -> None:
-    assert is_hard_negative(correct, True, ErrorProfile(numeric=numeric), absurd, error_steps, CFG) is hard
+    profile = ErrorProfile(answer=0.0 if correct else 1.0, numeric=numeric)
+    assert is_hard_negative(correct, True, profile, absurd, error_steps, CFG) is hard
+
+
+def test_a_right_answer_cut_at_the_token_limit_is_no_hard_negative_at_any_tau() -> None:
+    """Not correct (require_complete), but its answer is right: never a near miss, even where τ_A
+    lets its truncation's absurdity through."""
+    text = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether 48+24 = <<48+24=72>>72 clips.\n#### 72\nIn June she"
+    for tau in (0.25, 0.5, 1.0):
+        cfg = VerifierConfig(tau_absurdity=tau)
+        v = verify(text, "72", QUESTION, finish_reason="length", cfg=cfg)
+        assert not v.correct and v.profile.answer == 0 and not v.hard_negative, tau
+        near = verify(text.replace("48+24 = <<48+24=72>>72", "48+24 = <<48+24=73>>73").replace("#### 72", "#### 73"),
+                      "72", QUESTION, cfg=cfg)
+        assert near.hard_negative, tau
 
 
 def test_worked_example_correct() -> None:
