@@ -13,6 +13,8 @@ config the engine ran with, world size, accumulation).
 
 from __future__ import annotations
 
+import itertools
+import json
 import math
 from typing import Any
 
@@ -22,9 +24,20 @@ from hsdpo.plan import plan
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import flag, read_rows, run_stage, write_rejects
-from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, split_heldout, summary
+from hsdpo.train.launch import (check_tokenizer, checkpoint_root, clear_checkpoints, fit, preflight, split_heldout,
+                                summary)
 
 NEEDED = ("pair_id", "prompt", "chosen", "rejected", "weight", "ref_chosen_logp", "ref_rejected_logp")
+TEXT = ("prompt", "chosen", "rejected")
+NUMBERS = ("weight", "ref_chosen_logp", "ref_rejected_logp")
+
+
+def _number(value: Any) -> float:
+    """A numeric column's value as a float; NaN for what is not a number (a string, a list)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -33,27 +46,51 @@ def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
         missing = [k for k in NEEDED if r.get(k) is None]
         if missing:
             rejects.append({"reason": f"missing_{missing[0]}", "row": r.get("pair_id")})
+        elif not all(isinstance(r[k], str) for k in TEXT):  # the tokenizer takes text only
+            rejects.append({"reason": "not_text", "row": r["pair_id"]})
         elif not r["chosen"].strip() or not r["rejected"].strip():
             rejects.append({"reason": "empty_completion", "row": r["pair_id"]})
         elif r["chosen"] == r["rejected"] and not flag(r.get("rejected_cut")):  # the same tokens: no signal
             rejects.append({"reason": "identical_completions", "row": r["pair_id"]})
-        elif not all(math.isfinite(float(r[k])) for k in ("weight", "ref_chosen_logp", "ref_rejected_logp")):
+        elif not all(math.isfinite(_number(r[k])) for k in NUMBERS):
             rejects.append({"reason": "non_finite", "row": r["pair_id"]})
         elif float(r["weight"]) < 0:  # would turn the preference around
             rejects.append({"reason": "negative_weight", "row": r["pair_id"]})
         else:
-            rows.append(r)
-    rows.sort(key=lambda r: str(r["pair_id"]))  # file order is not stable; the data order must be
-    return rows, rejects
+            rows.append({**r, **{k: float(r[k]) for k in NUMBERS}})  # a "1.5" or an int column as the loss reads it
+    # file order is not stable; the data order must be. A pair_id twice (two tables in one folder, a
+    # file copied in twice) would train its pair twice: the first in this order stays, the others are rejects
+    rows.sort(key=lambda r: str(r["pair_id"]))
+    kept: list[dict[str, Any]] = []
+    for _, group in itertools.groupby(rows, key=lambda r: str(r["pair_id"])):
+        group = list(group)
+        if len(group) > 1:  # which one stays may not depend on the file order either
+            group.sort(key=lambda r: json.dumps(r, sort_keys=True, default=str))
+            rejects += [{"reason": "duplicate_pair_id", "row": r["pair_id"]} for r in group[1:]]
+        kept.append(group[0])
+    return kept, rejects
+
+
+def _counts(rejects: list[dict[str, Any]]) -> str:
+    counts: dict[str, int] = {}
+    for r in rejects:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
 
 
 def training_rows(cfg: PipelineConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """(training pairs, held-out pairs, rejects); read in the preflight, so that no usable pair or an
-    `eval_fraction` that leaves a side empty is a one-line error before the stage folder is emptied."""
+    """(training pairs, held-out pairs, rejects); read in the preflight, so that no usable pair, training
+    pairs that all weigh 0, or an `eval_fraction` that leaves a side empty is a one-line error before the
+    stage folder is emptied."""
     rows, rejects = dpo_rows(cfg)
     if not rows:
-        raise InputError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}")
-    return (*split_heldout("dpo", cfg.dpo, rows), rejects)
+        why = f" ({len(rejects)} rejected: {_counts(rejects)})" if rejects else ""
+        raise InputError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}{why}")
+    train, heldout = split_heldout("dpo", cfg.dpo, rows)
+    if cfg.dpo.weighting == "verifier" and not any(float(r["weight"]) for r in train):
+        raise InputError(f"dpo: every training pair in {cfg.dpo.pairs_from!r} has weight 0: every step would be a"
+                         " zero step; give the pairs weights or set dpo.weighting=uniform")
+    return train, heldout, rejects
 
 
 def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool, model_path: str,
@@ -72,6 +109,18 @@ def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool, model_p
                        rejects=write_rejects(out, rejects), metrics=summary(history, keys))
 
 
+def check_reference(cfg: PipelineConfig) -> None:
+    """The reference log-probs of `dpo.pairs_from` cover the tokens this run scores: a `reflogp` output's
+    manifest records the `reflogp.max_length` it kept, this config's reflogp output or any other."""
+    d = cfg.dpo
+    m = RunDir(cfg.run_dir).manifest(d.pairs_from) or {}
+    ref = ((m.get("config") or {}).get("reflogp") or {}).get("max_length") if m.get("stage") == "reflogp" else None
+    if ref is not None and ref != d.max_length:
+        raise ConfigError(f"dpo.pairs_from {d.pairs_from!r} holds reference log-probs of reflogp.max_length {ref}"
+                          f" and dpo.max_length is {d.max_length}: reference and policy log-probs must cover the"
+                          " same tokens")
+
+
 def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
     d = cfg.dpo
     if d.pairs_from == cfg.reflogp.output:
@@ -85,7 +134,9 @@ def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
     resolved: dict[str, Any] = {}  # by the preflight, once the inputs are known to be there
 
     def check() -> None:
+        check_reference(cfg)
         resolved["model"] = resolve_model_path(cfg.run_dir, d.init_from)
+        check_tokenizer("dpo", resolved["model"], resolved["model"], cfg.model.trust_remote_code)
         init_ray(cfg.ray)
         preflight("dpo", d)
         resolved["data"] = training_rows(cfg)

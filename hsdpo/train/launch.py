@@ -10,10 +10,13 @@ The folder is removed after a successful run (and before a forced one).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import os
+import posixpath
+import tempfile
 from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
@@ -167,6 +170,56 @@ def _load_tokenizer(path: str, version: tuple, trust_remote_code: bool):
     from hsdpo.model import load_tokenizer
 
     return load_tokenizer(path, trust_remote_code)
+
+
+def check_tokenizer(kind: str, tokenizer_path: str, model_path: str, trust_remote_code: bool = False) -> None:
+    """What would fail every batch, refused on one line before any task starts: a tokenizer without an
+    eos token (it ends every completion; `load_tokenizer` pads with it too), or one with token ids the
+    model has no embedding for (its vocabulary larger than the model's `vocab_size`)."""
+    from transformers import AutoConfig
+
+    with _light_copy(tokenizer_path) as tok_dir, _light_copy(model_path) as model_dir:
+        from hsdpo.model import load_tokenizer
+
+        tok = load_tokenizer(tok_dir, trust_remote_code)
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    if tok.eos_token_id is None or tok.pad_token_id is None:
+        raise InputError(f"{kind}: the tokenizer of {tokenizer_path} has no eos token (it ends every completion and"
+                         " pads the batches); give it one (eos_token in its tokenizer_config.json)")
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    vocab = getattr(config, "vocab_size", None)
+    try:
+        top = max(tok.get_vocab().values(), default=-1)
+    except (AttributeError, NotImplementedError):  # a tokenizer of its own code may not list its vocabulary
+        top = len(tok) - 1
+    if vocab is not None and top >= vocab:
+        raise InputError(f"{kind}: the tokenizer of {tokenizer_path} has token ids up to {top} and the model"
+                         f" {model_path} embeds {vocab} (vocab_size): they are not one model's; give the"
+                         " model's own tokenizer")
+
+
+WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
+
+
+@contextlib.contextmanager
+def _light_copy(path: str):
+    """A local folder with `path`'s config, tokenizer and code files but not its weights: `path`
+    itself when local (or a hub id); for a URI, those files copied to a temporary folder, so that the
+    driver's checks do not download a whole model (the workers fetch it, once a node)."""
+    from hsdpo.rundir import is_uri
+
+    if not is_uri(path):
+        yield path
+        return
+    fs, root = _fs(path)
+    root = root.rstrip("/")
+    with tempfile.TemporaryDirectory(prefix="hsdpo-check-") as tmp:
+        for name, info in fs.find(root, detail=True).items():
+            rel = posixpath.relpath(name, root)
+            if info.get("type") == "directory" or "/" in rel or rel.endswith(WEIGHT_FILES):
+                continue
+            fs.get_file(name, os.path.join(tmp, rel))
+        yield tmp
 
 
 def preflight(kind: str, t: TrainConfig) -> None:

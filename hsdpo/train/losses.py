@@ -119,6 +119,8 @@ def sft_loss(
     num_tokens: torch.Tensor,  # [B] completion tokens per example
     denominator: torch.Tensor | float | None = None,  # default: num_tokens.sum()
 ) -> torch.Tensor:
-    """Mean negative log-likelihood per completion token (prompt tokens never count)."""
-    denom = num_tokens.sum() if denominator is None else denominator
-    return -token_logps.sum() / denom
+    """Mean negative log-likelihood per completion token (prompt tokens never count). A batch without a
+    completion token (a zero denominator) divides by 1: zero loss and gradient, not 0/0 = NaN."""
+    denom = torch.as_tensor(num_tokens.sum() if denominator is None else denominator, dtype=token_logps.dtype,
+                            device=token_logps.device)
+    return -token_logps.sum() / torch.where(denom == 0, torch.ones_like(denom), denom)

@@ -6,26 +6,31 @@ hold the frozen reference (SFT) model, so the DPO trainer needs no reference mod
 
 Input: `<reflogp.pairs_from>/` and `<reflogp.model_from>/model/`. Output: `<run_dir>/ref_logps/`,
 the pairs plus `ref_chosen_logp, ref_rejected_logp` (float64 sums over completion tokens + eos),
-tokenised exactly as the trainer does (tokenize.py). A lost or duplicated row raises.
+tokenised exactly as the trainer does (tokenize.py); a pair without text on every side gets NaN
+(dpo rejects it). A lost or duplicated row raises.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
 from hsdpo.plan import plan
 from hsdpo.rayutil import actor_pool, init_ray, local_shortfall
-from hsdpo.rundir import RunDir, StageResult, list_files
+from hsdpo.rundir import RunDir, StageResult, _fs, list_files
 from hsdpo.stage import read_rows, run_stage
 from hsdpo.train.config import RefLogpConfig
+from hsdpo.train.launch import check_tokenizer
 
 ADDS = ("ref_chosen_logp", "ref_rejected_logp")
 NEEDS = ("pair_id", "prompt", "chosen", "rejected")
+TEXT = ("prompt", "chosen", "rejected")
 
 
 class RefLogpActor:
@@ -48,12 +53,16 @@ class RefLogpActor:
         missing = [c for c in NEEDS if c not in batch.columns]
         if missing:
             raise KeyError(f"reflogp: pairs lack columns {missing}")
-        b = pair_batch(self.tokenizer, batch.to_dict("records"), self.max_length).to(self.device)
-        with self.torch.no_grad():
-            logps, _ = sequence_logps(self.model, b.input_ids, b.loss_mask, self.chunk, scored=b.scored)
-        logps = logps.double().cpu().numpy()
-        n = len(batch)
-        return batch.assign(ref_chosen_logp=logps[:n].astype(np.float64), ref_rejected_logp=logps[n:])
+        rows = batch.to_dict("records")
+        # a pair without text on every side (a null, a number) is not scored: NaN, which dpo counts as a reject
+        text = np.array([all(isinstance(r[c], str) for c in TEXT) for r in rows], bool)
+        out = np.full((2, len(rows)), np.nan)
+        if text.any():
+            b = pair_batch(self.tokenizer, [r for r, ok in zip(rows, text) if ok], self.max_length).to(self.device)
+            with self.torch.no_grad():
+                logps, _ = sequence_logps(self.model, b.input_ids, b.loss_mask, self.chunk, scored=b.scored)
+            out[:, text] = logps.double().cpu().numpy().reshape(2, -1)  # chosen, then rejected
+        return batch.assign(ref_chosen_logp=out[0], ref_rejected_logp=out[1])
 
 
 def _body(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
@@ -75,15 +84,33 @@ def _body(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
     got = read_rows(out)
     want = read_rows(rd.path(c.pairs_from))
     check_rows(want, got)
-    return StageResult(stage="reflogp", output=c.output, path=out, rows={"pairs": len(got)},
-                       metrics={"mean_ref_chosen_logp": float(np.mean([r["ref_chosen_logp"] for r in got])),
-                                "mean_ref_rejected_logp": float(np.mean([r["ref_rejected_logp"] for r in got]))})
+    scored = [r for r in got if np.isfinite(r["ref_chosen_logp"])]  # the means over pairs with text (no NaN)
+    rows = {"pairs": len(got), **({"unscored_pairs": len(got) - len(scored)} if len(scored) < len(got) else {})}
+    means = {f"mean_{k}": float(np.mean([r[k] for r in scored])) for k in ADDS} if scored else {}
+    return StageResult(stage="reflogp", output=c.output, path=out, rows=rows, metrics=means)
 
 
 def check_rows(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> None:
-    ids = [r["pair_id"] for r in got]
-    if len(ids) != len(set(ids)) or set(ids) != {r["pair_id"] for r in want}:
-        raise RuntimeError(f"reflogp: {len(want)} pairs in, {len(got)} rows out ({len(set(ids))} distinct)")
+    """Every pair in comes out once: as many rows of each pair_id out as in (a pair_id twice in the
+    pairs is passed on twice; dpo keeps one)."""
+    ids = Counter(str(r["pair_id"]) for r in got)
+    if ids != Counter(str(r["pair_id"]) for r in want):
+        raise RuntimeError(f"reflogp: {len(want)} pairs in, {len(got)} rows out ({len(ids)} distinct)")
+
+
+def check_pairs(folder: str) -> None:
+    """Before the output folder is emptied: pairs there, each file with the columns the actors read."""
+    files = list(list_files(folder, ".parquet"))
+    if not files:
+        raise InputError(f"reflogp: no pairs in {folder}")
+    for f in files:
+        fs, path = _fs(f)
+        with fs.open(path, "rb") as fh:
+            names = pq.read_schema(fh).names
+        missing = [c for c in NEEDS if c not in names]
+        if missing:
+            raise InputError(f"reflogp: {f} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}"
+                             f" (reflogp.pairs_from holds pairs: {', '.join(NEEDS)})")
 
 
 def run_reflogp(cfg: PipelineConfig, force: bool = False) -> StageResult:
@@ -92,6 +119,8 @@ def run_reflogp(cfg: PipelineConfig, force: bool = False) -> StageResult:
 
     def check() -> None:
         resolved["model"] = resolve_model_path(cfg.run_dir, c.model_from)
+        check_tokenizer("reflogp", resolved["model"], resolved["model"], cfg.model.trust_remote_code)
+        check_pairs(RunDir(cfg.run_dir).path(c.pairs_from))
         init_ray(cfg.ray)
         _preflight(c)
 

@@ -24,7 +24,8 @@ from hsdpo.prompts import format_completion, format_prompt
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult, join, local_dir
 from hsdpo.stage import read_rows, run_stage, write_rejects
-from hsdpo.train.launch import checkpoint_root, clear_checkpoints, fit, preflight, split_heldout, summary
+from hsdpo.train.launch import (check_tokenizer, checkpoint_root, clear_checkpoints, fit, preflight, split_heldout,
+                                summary)
 
 
 def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -34,7 +35,7 @@ def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
         from hsdpo.data.stage import load_problems
 
         for p in load_problems(cfg, split=s.split):
-            if not (p.get("question") or "").strip() or not (p.get("gold_solution") or "").strip():
+            if not _text(p.get("question")) or not _text(p.get("gold_solution")):
                 rejects.append({"reason": "empty_question_or_solution", "row": p.get("problem_id")})
                 continue
             rows.append({"problem_id": p.get("problem_id"),
@@ -43,13 +44,22 @@ def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
         return rows, rejects
     seen = set()
     for r in read_rows(RunDir(cfg.run_dir).path(s.data_from)):
-        key = (r["problem_id"], r["chosen"])
-        if not (r.get("chosen") or "").strip():
+        missing = [k for k in ("prompt", "chosen") if r.get(k) is None]
+        if missing:
+            rejects.append({"reason": f"missing_{missing[0]}", "row": r.get("pair_id")})
+        elif not isinstance(r["prompt"], str) or not isinstance(r["chosen"], str):  # the tokenizer takes text only
+            rejects.append({"reason": "not_text", "row": r.get("pair_id")})
+        elif not r["chosen"].strip():
             rejects.append({"reason": "empty_chosen", "row": r.get("pair_id")})
-        elif key not in seen:
+        elif (key := (str(r.get("problem_id")), r["chosen"])) not in seen:
             seen.add(key)
-            rows.append({"problem_id": r["problem_id"], "prompt": r["prompt"], "completion": r["chosen"]})
+            rows.append({"problem_id": r.get("problem_id"), "prompt": r["prompt"], "completion": r["chosen"]})
     return rows, rejects
+
+
+def _text(value: Any) -> bool:
+    """A non-blank string."""
+    return isinstance(value, str) and bool(value.strip())
 
 
 def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str) -> tuple[str, str]:
@@ -101,6 +111,10 @@ def _preflight(cfg: PipelineConfig) -> None:
         check_model_source(m.name_or_path)
         if m.tokenizer:
             check_model_source(m.tokenizer, what="tokenizer", needs=None)
+        check_tokenizer("sft", m.tokenizer or m.name_or_path, m.name_or_path, m.trust_remote_code)
+    elif cfg.sft.init_from:
+        path = resolve_model_path(cfg.run_dir, cfg.sft.init_from)
+        check_tokenizer("sft", path, path, cfg.model.trust_remote_code)
     init_ray(cfg.ray)
     preflight("sft", cfg.sft)
 

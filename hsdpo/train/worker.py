@@ -200,7 +200,9 @@ class Task:
         lengths = [s.lengths for s in self.sides]
         self.width = np.maximum.reduce(lengths)  # padded width an example needs (its sides share a batch)
         self.ntokens = sum(lengths)
-        self.completion = [n - s.prompt_len for n, s in zip(lengths, self.sides)]  # scored tokens (eos included)
+        # scored tokens (eos included): all but the prompt's, and never a row's first token (no position
+        # predicts it: an empty prompt's first completion token), as `collate_rows` scores them
+        self.completion = [np.maximum(n - np.maximum(s.prompt_len, 1), 0) for n, s in zip(lengths, self.sides)]
         self.truncated = int(np.logical_or.reduce([s.truncated for s in self.sides]).sum())
 
     @classmethod
@@ -242,7 +244,7 @@ class Task:
         w = to_device(torch.tensor([self.weights[i] for i in idx], dtype=torch.float32), device)
         logps, ntok = engine(*b.logp_args())  # [2n]
         n = len(idx)
-        nll = -logps[:n].sum() / den["chosen_tokens"]
+        nll = -logps[:n].sum() / max(den["chosen_tokens"], 1)  # no scored token: 0, not 0/0
         loss, m = weighted_dpo_loss(logps[:n], logps[n:], ref[:, 0], ref[:, 1], w, beta=self.cfg.beta,
                                     nll_coef=self.cfg.nll_coef, chosen_nll=nll, denominator=den["weight"],
                                     loss_type=self.cfg.loss_type, label_smoothing=self.cfg.label_smoothing,

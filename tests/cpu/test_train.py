@@ -729,7 +729,9 @@ def test_dpo_rows_count_unusable_pairs_as_rejects(run, run_a, tmp_path, capsys):
     path.write_text(dump_config(cfg))
     before = RunDir(cfg.run_dir).manifest("dpo_a")
     assert main(["dpo", str(path), "dpo.output=dpo_a", "dpo.pairs_from=ref_all_bad"]) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "hsdpo: dpo: no usable pairs in 'ref_all_bad'"
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "hsdpo: dpo: no usable pairs in 'ref_all_bad' (5 rejected: empty_completion 1, identical_completions 1,"
+        " missing_chosen 1, negative_weight 1, non_finite 1)")
     assert RunDir(cfg.run_dir).manifest("dpo_a") == before
 
 
