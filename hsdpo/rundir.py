@@ -185,6 +185,7 @@ class StageResult:
     rejects: dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     metrics: dict[str, Any] = field(default_factory=dict)
+    manifest: dict[str, Any] = field(default_factory=dict)  # more manifest fields (the fixed ones win)
 
 
 def read_json(path: str) -> dict[str, Any] | None:
@@ -366,6 +367,7 @@ class RunDir:
         write_json_atomic(
             self.path(result.output, MANIFEST),
             {
+                **result.manifest,
                 "stage": result.stage,
                 "output": result.output,
                 "status": "complete",

@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from hsdpo.config import PipelineConfig, dump_config
 from hsdpo.plan import Plan, check_plan
 from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
+from hsdpo.verifier.config import VERIFIER_VERSION
 
 
 def log(msg: str) -> None:
@@ -37,7 +38,13 @@ def log(msg: str) -> None:
 
 def config_hash(cfg: PipelineConfig, plan: Plan) -> str:
     """What a stage's manifest records of the config: its output is current while this is unchanged."""
-    return cfg.section_hash(*plan.sections) + ":" + plan.output
+    versions = f":verifier-v{VERIFIER_VERSION}" if "verifier" in plan.sections else ""
+    return cfg.section_hash(*plan.sections) + versions + ":" + plan.output
+
+
+def manifest_extra(plan: Plan) -> dict[str, Any]:
+    """What a manifest records besides the config: the verifier's version where verdicts are made."""
+    return {"verifier_version": VERIFIER_VERSION} if "verifier" in plan.sections else {}
 
 
 def run_stage(
@@ -71,6 +78,7 @@ def run_stage(
             result = body(out)
             result.wall_s = time.perf_counter() - t0
             result.stage, result.output, result.path = stage, output, out
+            result.manifest = {**manifest_extra(plan), **result.manifest}
             rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"), input_hashes=seen)
         except BaseException as err:
             try:

@@ -20,6 +20,7 @@ from hsdpo.configbase import without_run_only
 from hsdpo.plan import plan, recipe_steps
 from hsdpo.rundir import FAILED, MANIFEST, PREVIOUS, RunDir, _fs, lock_holder
 from hsdpo.stage import config_hash
+from hsdpo.verifier.config import VERIFIER_VERSION
 
 STATES = ("current", "running", "stale", "incomplete", "missing")
 MAX_CHANGES = 4  # config keys named in a line
@@ -114,8 +115,16 @@ def _step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatu
         recorded = m.get("config") if isinstance(m.get("config"), dict) else {}
         changes = config_changes(recorded, cfg.model_dump(mode="json"), p.sections)
         named = ", ".join(changes[:MAX_CHANGES]) + (f" (+{len(changes) - MAX_CHANGES} more)" if len(changes) > MAX_CHANGES else "")
+        version = m.get("verifier_version")
         st.state, st.why = "stale", (f"config changed: {named}" if changes else
+                                     f"the verifier changed (version {version or 1} -> {VERIFIER_VERSION})"
+                                     if "verifier" in p.sections and version != VERIFIER_VERSION else
                                      "config hash differs though no setting does (hashed by an older hsdpo)")
+        if stage == "sample":
+            from hsdpo.sampling.stage import reusable_samples
+
+            if reusable_samples(cfg) is not None:
+                st.why += " (the stored samples are verified again, no sampling)"
         return st
     later = [name for name in p.inputs if name in remade]
     if why is not None or later:

@@ -35,6 +35,7 @@ SAMPLE_COLUMNS = ("problem_id", "sample_id", "prompt", "completion", "finish_rea
                   "gold_answer", "gold_solution", "source", "gold_steps", "seed", "error")
 PROBLEM_COLUMNS = ("problem_id", "question", "gold_answer", "gold_solution", "source", "split")
 MAX_INPUT_BLOCKS = 2000
+VERIFY_ERROR = "verify: "  # how VerifyRows marks a row the verifier raised on
 
 
 class SampleCountError(RuntimeError):
@@ -82,7 +83,7 @@ class VerifyRows:
             out = dict(row)
             for c in self.columns:
                 out[c] = np.array([_failed_verdict(c)], dtype=object if c in ("pred_answer", "flags") else None)
-            out["error"] = np.array([f"verify: {type(err).__name__}: {err}"[:500]], dtype=object)
+            out["error"] = np.array([f"{VERIFY_ERROR}{type(err).__name__}: {err}"[:500]], dtype=object)
             return out
 
 
@@ -162,6 +163,51 @@ def sample_and_verify(problems: list[dict], model_path: str, out_dir: str, sampl
     table = read_columns(out_dir, cols)
     check_counts(table["problem_id"], table["sample_id"], [p["problem_id"] for p in problems], n)
     return metrics(table, wall, len(problems))
+
+
+def _unverified(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A stored sample as the sampler wrote it: no verdict columns, and no error the verifier set
+    (a generation error stays)."""
+    from hsdpo.verifier.batch import VERDICT_COLUMNS
+
+    out = {k: v for k, v in batch.items() if k not in VERDICT_COLUMNS}
+    if "error" in out:
+        out["error"] = np.array(["" if isinstance(e, str) and e.startswith(VERIFY_ERROR) else e for e in out["error"]],
+                                dtype=object)
+    return out
+
+
+def reverify(src_dir: str, out_dir: str, sample_cfg: SampleConfig, verifier_cfg: Any, *, problem_ids: list[str],
+             n: int, verify: bool | None = None) -> dict[str, Any]:
+    """Verify again the samples stored under `src_dir` (the previous output of the stage) and write
+    them to `out_dir`, with no sampling: what `sample` does when only how samples are verified
+    changed. The same actor pool as `sample_and_verify`, and the same row checks after the write;
+    the metrics' throughputs are the verifier's."""
+    import ray.data
+    from ray.data import SaveMode
+
+    from hsdpo.rayutil import actor_pool
+
+    verify = sample_cfg.verify if verify is None else verify
+    files = list(list_files(src_dir, ".parquet"))
+    if not files:
+        raise SampleCountError(f"samples: nothing stored under {src_dir} to verify again")
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        ds = ray.data.read_parquet(files).map_batches(_unverified, batch_format="numpy", batch_size=None, num_cpus=0.25)
+        if verify:
+            cfg_dict = verifier_cfg.model_dump() if hasattr(verifier_cfg, "model_dump") else (verifier_cfg or {})
+            ds = ds.map_batches(VerifyRows, batch_format="numpy", batch_size=sample_cfg.verify_batch_size,
+                                compute=actor_pool(sample_cfg.verify_concurrency), num_cpus=sample_cfg.verify_num_cpus,
+                                fn_constructor_args=(cfg_dict,), max_restarts=sample_cfg.max_restarts,
+                                max_task_retries=sample_cfg.max_task_retries)
+    ds.write_parquet(out_dir, mode=SaveMode.OVERWRITE)
+    wall = time.perf_counter() - t0
+    cols = ["problem_id", "sample_id", "num_tokens", "finish_reason"] + (["correct"] if verify else [])
+    table = read_columns(out_dir, cols)
+    check_counts(table["problem_id"], table["sample_id"], problem_ids, n)
+    return metrics(table, wall, len(problem_ids))
 
 
 def read_columns(folder: str, columns: list[str]) -> dict[str, list]:

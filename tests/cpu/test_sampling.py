@@ -120,6 +120,63 @@ def test_run_only_settings_keep_finished_samples_and_others_do_not(sampled):
     assert config_hash(with_overrides(cfg, ["sample.n=3"]), plan(cfg, "sample")) != config_hash(cfg, plan(cfg, "sample"))
 
 
+def test_a_verifier_change_verifies_the_stored_samples_again_without_sampling(sampled, tmp_path, capfd, monkeypatch):
+    """Only how samples are verified changed (a verifier setting, sample.verify, the verifier's
+    version): the stage reads its stored completions back and verifies them again. The rows are the
+    same samples, their verdicts those of the new settings, the manifest keeps how they were made;
+    a change to what is sampled (sample.n) samples anew."""
+    import shutil
+
+    import hsdpo.stage
+    import hsdpo.status
+    from hsdpo.config import with_overrides
+    from hsdpo.rundir import RunDir
+    from hsdpo.sampling.stage import reusable_samples
+    from hsdpo.status import step_status
+    from hsdpo.verifier import VerifierConfig, verify
+
+    cfg, result, rows = sampled
+    shutil.copytree(cfg.run_dir, tmp_path / "run")  # a run dir of its own: the module's stays as it is
+    cfg = with_overrides(cfg, [f"run_dir={tmp_path / 'run'}"])
+    assert run_sample(cfg).skipped
+    stored = RunDir(cfg.run_dir).manifest("samples")
+    loose = with_overrides(cfg, ["verifier.tau_absurdity=1.0", "verifier.tau_numeric=1.0"])
+    st = step_status(loose, "sample", set())
+    assert st.state == "stale" and st.why.endswith("(the stored samples are verified again, no sampling)"), st.why
+    assert reusable_samples(with_overrides(loose, ["sample.n=3"])) is None
+    capfd.readouterr()
+    res = run_sample(loose)
+    assert "verifying the 80 stored samples again, no sampling" in capfd.readouterr().err
+    assert not res.skipped and res.metrics["reverified"] == 1 and res.rows["samples"] == len(rows)
+    manifest = RunDir(cfg.run_dir).manifest("samples")
+    assert manifest["generation_key"] == stored["generation_key"] and manifest["sampled_at"] == stored["finished_at"]
+    assert manifest["metrics"]["tokens_per_s"] == stored["metrics"]["tokens_per_s"]
+    key = lambda r: (r["problem_id"], r["sample_id"])  # noqa: E731
+    again = sorted(read_rows(res.path), key=key)
+    before = sorted(rows, key=key)
+    assert [(key(r), r["completion"], r["seed"]) for r in again] == [(key(r), r["completion"], r["seed"]) for r in before]
+    vcfg = VerifierConfig(tau_absurdity=1.0, tau_numeric=1.0)
+    for r in again:
+        v = verify(r["completion"], r["gold_answer"], r["question"], finish_reason=r["finish_reason"], cfg=vcfg)
+        assert (r["hard_negative"], r["correct"]) == (v.hard_negative, v.correct)
+    assert sum(r["hard_negative"] for r in again) > sum(r["hard_negative"] for r in before)
+    assert run_sample(loose).skipped  # current now
+
+    raw = run_sample(with_overrides(loose, ["sample.verify=false"]))  # drops the verdicts, keeps the samples
+    assert raw.metrics["reverified"] == 1 and not set(VERDICT_COLUMNS) & set(read_rows(raw.path)[0])
+    monkeypatch.setattr(hsdpo.stage, "VERIFIER_VERSION", hsdpo.stage.VERIFIER_VERSION + 1)
+    monkeypatch.setattr(hsdpo.status, "VERIFIER_VERSION", hsdpo.stage.VERIFIER_VERSION)
+    st = step_status(loose, "sample", set())
+    v = hsdpo.stage.VERIFIER_VERSION
+    assert st.why == "config changed: sample.verify false -> true (the stored samples are verified again, no sampling)"
+    raw_cfg = with_overrides(loose, ["sample.verify=false"])
+    assert step_status(raw_cfg, "sample", set()).why == \
+        f"the verifier changed (version {v - 1} -> {v}) (the stored samples are verified again, no sampling)"
+    assert run_sample(raw_cfg).metrics["reverified"] == 1  # a newer verifier
+    st = step_status(raw_cfg, "sample", set())
+    assert st.state == "current" and RunDir(cfg.run_dir).manifest("samples")["verifier_version"] == v
+
+
 def test_check_counts_raises_on_lost_or_duplicated_rows():
     check_counts(["a", "a", "b", "b"], [0, 1, 1, 0], ["a", "b"], 2)
     with pytest.raises(SampleCountError, match="1 missing"):
