@@ -82,15 +82,16 @@ class VerifyRows:
         except Exception as err:  # noqa: BLE001
             out = dict(row)
             for c in self.columns:
-                out[c] = np.array([_failed_verdict(c)], dtype=object if c in ("pred_answer", "flags") else None)
+                text = c in ("pred_answer", "flags", "answer_rule")
+                out[c] = np.array([_failed_verdict(c)], dtype=object if text else None)
             out["error"] = np.array([f"{VERIFY_ERROR}{type(err).__name__}: {err}"[:500]], dtype=object)
             return out
 
 
 def _failed_verdict(column: str) -> Any:
     """The verdict of a row the verifier could not check: wrong, maximally bad, flagged."""
-    defaults = {"correct": False, "pred_answer": "", "hard_negative": False, "first_error_step": -1,
-                "num_steps": 0, "flags": "verifier_error"}
+    defaults = {"correct": False, "pred_answer": None, "hard_negative": False, "first_error_step": -1,
+                "num_steps": 0, "flags": "verifier_error", "answer_rule": "none"}
     return defaults.get(column, 1.0)
 
 

@@ -33,6 +33,7 @@ VERDICT_COLUMNS = [
     "first_error_step",
     "num_steps",
     "flags",
+    "answer_rule",
     *(f"err_{f}" for f in PROFILE_FIELDS),
 ]
 
@@ -54,6 +55,7 @@ def _row(verdict: Verdict) -> dict[str, Any]:
         "first_error_step": -1 if verdict.first_error_step is None else verdict.first_error_step,
         "num_steps": verdict.num_steps,
         "flags": ",".join(verdict.flags),
+        "answer_rule": verdict.answer_rule,
     }
     for name, value in zip(PROFILE_FIELDS, verdict.profile.as_tuple()):
         row[f"err_{name}"] = value
@@ -62,7 +64,7 @@ def _row(verdict: Verdict) -> dict[str, Any]:
 
 _DTYPES = {
     "correct": bool, "hard_negative": bool, "first_error_step": np.int64, "num_steps": np.int64,
-    "pred_answer": object, "flags": object,
+    "pred_answer": object, "flags": object, "answer_rule": object,
 }  # the rest: float64
 
 

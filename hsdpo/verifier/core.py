@@ -45,6 +45,7 @@ class Verdict:
     first_error_step: int | None
     num_steps: int
     flags: tuple[str, ...]
+    answer_rule: str = "none"  # the extraction rule that found pred_answer (answers.Extraction.rule)
 
 
 @dataclass
@@ -253,6 +254,7 @@ def _verify(
         first_error_step=min(a.error_steps) if a.error_steps else None,
         num_steps=len(a.steps),
         flags=tuple(dict.fromkeys(flags)),
+        answer_rule=ext.rule if pred is not None else "none",
     )
 
 

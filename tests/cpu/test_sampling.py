@@ -363,6 +363,8 @@ def test_failed_verification_is_a_flagged_row_not_a_crash():
     assert list(out["correct"]) == [True, False]
     assert out["flags"][1] == "verifier_error" and out["error"][1].startswith("verify: RuntimeError")
     assert set(VERDICT_COLUMNS) <= set(out)
+    # no answer: None, as verify() gives it (a missing answer casts no majority vote), found by no rule
+    assert list(out["pred_answer"]) == ["4", None] and list(out["answer_rule"]) == ["hash", "none"]
 
 
 def test_vllm_output_maps_to_the_samples_schema():

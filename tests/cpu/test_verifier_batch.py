@@ -35,7 +35,7 @@ def test_columns_dtypes_and_values_match_verify() -> None:
     out = VerifyBatch({"timeout_s": 5.0})(_batch(items))
     assert list(VERDICT_COLUMNS) == [
         "correct", "pred_answer", "wrongness", "absurdity", "hard_negative", "first_error_step", "num_steps", "flags",
-        "err_answer", "err_numeric", "err_arithmetic", "err_logic", "err_format", "err_implausibility",
+        "answer_rule", "err_answer", "err_numeric", "err_arithmetic", "err_logic", "err_format", "err_implausibility",
     ]
     assert set(out) == set(items[0]) | set(VERDICT_COLUMNS)
     assert all(len(col) == 12 for col in out.values())
@@ -48,6 +48,7 @@ def test_columns_dtypes_and_values_match_verify() -> None:
             continue
         v = verify(item["completion"], item["gold_answer"], QUESTION, finish_reason=item["finish_reason"], cfg=cfg)
         assert out["correct"][i] == v.correct and out["flags"][i] == ",".join(v.flags)
+        assert out["answer_rule"][i] == v.answer_rule and out["pred_answer"][i] == v.pred_answer
         assert out["first_error_step"][i] == (-1 if v.first_error_step is None else v.first_error_step)
         assert out["err_numeric"][i] == v.profile.numeric and out["absurdity"][i] == v.absurdity
     assert out["flags"][5] == "verifier_error" and not out["correct"][5] and not out["hard_negative"][5]

@@ -19,6 +19,7 @@ import time
 from fractions import Fraction
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -330,7 +331,7 @@ def test_a_right_answer_cut_at_the_token_limit_is_no_hard_negative_at_any_tau() 
 
 def test_worked_example_correct() -> None:
     v = verify(GOLD, "72", QUESTION)
-    assert v.correct and v.pred_answer == "72" and v.num_steps == 3
+    assert v.correct and v.pred_answer == "72" and v.num_steps == 3 and v.answer_rule == "hash"
     assert v.profile == ErrorProfile() and v.wrongness == 0 and v.absurdity == 0
     assert not v.hard_negative and v.first_error_step is None and v.flags == ()
 
@@ -461,3 +462,15 @@ def test_docs_list_every_config_field() -> None:
         default = getattr(cfg, name)
         row = f"| `{name}` | " + ("" if isinstance(default, list) else f"{default} |")
         assert row in doc, f"docs/verifier.md: no row for {name} with default {default}"
+
+
+@pytest.mark.parametrize("text, rule", [
+    ("48/2 = 24\n#### 72", "hash"), ("So the answer is: 72", "answer_is"), ("**Answer:** 72", "answer_line"),
+    ("We get $\\boxed{72}$.", "boxed"), ("She sold 72 clips", "last_number"), ("no idea", "none"),
+])
+def test_the_verdict_names_the_rule_that_found_the_answer(text: str, rule: str) -> None:
+    from hsdpo.verifier.batch import VerifyBatch
+
+    assert verify(text, "72", QUESTION).answer_rule == rule
+    out = VerifyBatch()({"completion": np.array([text], dtype=object), "gold_answer": np.array(["72"], dtype=object)})
+    assert list(out["answer_rule"]) == [rule]
