@@ -3,13 +3,15 @@ and the invariances. One module-scoped run directory serves every test; each Tor
 few steps of 8 pairs x <= 64 tokens.
 
     run A: 1 worker, micro 4 x accum 2, ZeRO-2, checkpoints every 2 steps (global batch 8) -- the reference
-    run B: 2 workers x micro 2 x accum 2, ZeRO-Offload (DeepSpeed's CPU Adam), rank 0 raises
-           at step 3, FailureConfig resumes                                                 -- = A
     run C: 2 workers x micro 2 x accum 2 crash at step 3 (no retries); the stage re-run with
            1 worker, micro 2 x accum 4, resumes from their checkpoint (DeepSpeed universal
-           checkpoint); once with ZeRO-2, once with ZeRO-3                                  -- = A
+           checkpoint); once with ZeRO-2 and CPU offload (DeepSpeed's CPU Adam), once with ZeRO-3 -- = A
     run D: as A with torch.compile'd decoder layers, a DeepSpeed extra (tiny buckets) and
            TensorBoard events                                                                -- = A
+
+A worker that raises once and is restarted by FailureConfig, keeping its worker count: the LoRA SFT
+test (2 workers against 1 uninterrupted: the same trajectory); the full-weight DPO worker run as a
+plain process that raises at step 3 and resumes from its checkpoint: PLAIN_WORKER.
 """
 
 from __future__ import annotations
