@@ -26,7 +26,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hsdpo.config import PipelineConfig, dump_config
+from hsdpo.config import InputError, PipelineConfig, dump_config
 from hsdpo.plan import Plan, check_plan
 from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
 from hsdpo.verifier.config import VERIFIER_VERSION
@@ -142,7 +142,12 @@ def read_rows(folder: str) -> list[dict[str, Any]]:
             tables.append(pq.read_table(fh))
     if not tables:
         return []
-    return pa.concat_tables(tables, promote_options="default").to_pylist()
+    try:
+        return pa.concat_tables(tables, promote_options="default").to_pylist()
+    except (pa.ArrowTypeError, pa.ArrowInvalid) as err:  # one file's column a string, another's a number
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{folder}: its Parquet files disagree on a column's type ({first}); give every file"
+                         " the same schema") from None
 
 
 def flag(value: Any) -> bool:

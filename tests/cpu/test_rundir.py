@@ -487,3 +487,20 @@ def test_on_an_object_store_the_set_aside_is_copied_manifest_last_and_put_back(b
     fs.pipe_file(f"{root}/_previous/problems/part-0.parquet", b"partial copy")
     assert not rd.has_previous("problems") and not rd.recover("problems")
     assert fs.cat_file(f"{root}/problems/part-0.parquet") == b"rows"
+
+
+def test_a_folder_whose_files_disagree_on_a_column_type_is_one_line(tmp_path):
+    """A table put together by hand (a pairs file with weights as text beside one with numbers):
+    one InputError naming the folder, not pyarrow's traceback from the middle of a stage."""
+    from hsdpo.config import InputError
+    from hsdpo.stage import read_rows, write_rows
+
+    write_rows([{"pair_id": "a", "weight": 1.0}], str(tmp_path / "pairs" / "part-0.parquet"))
+    write_rows([{"pair_id": "b", "weight": "1.5"}], str(tmp_path / "pairs" / "part-1.parquet"))
+    with pytest.raises(InputError) as err:
+        read_rows(str(tmp_path / "pairs"))
+    text = str(err.value)
+    assert text.startswith(f"{tmp_path / 'pairs'}: its Parquet files disagree on a column's type (")
+    assert text.endswith("give every file the same schema") and "\n" not in text
+    write_rows([{"pair_id": "c", "weight": None}], str(tmp_path / "pairs" / "part-1.parquet"))  # null: promoted
+    assert [r["weight"] for r in read_rows(str(tmp_path / "pairs"))] == [1.0, None]
