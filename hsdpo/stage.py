@@ -12,9 +12,9 @@ manifest is written only after it returns, so a killed stage leaves no manifest 
 what it refuses -- a model that cannot load, more workers than a local Ray has -- leaves the
 stage's previous output as it was. So does a body that fails: the previous complete output waits
 in `<run_dir>/_previous/<output>` while the body runs, and is put back when it raises (or, after a
-killed run, when the stage next starts); the stage's disk use is the old output plus the new one. The whole of it runs under the stage's lock
-(`hsdpo.rundir.stage_lock`): a second run of the same stage on the same run dir is refused while
-the first runs.
+killed run, when the stage next starts); the stage's disk use is the old output plus the new one.
+The whole of it runs under the stage's lock (`hsdpo.rundir.stage_lock`): a second run of the same
+stage on the same run dir is refused while the first runs.
 """
 
 from __future__ import annotations

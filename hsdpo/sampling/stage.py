@@ -115,7 +115,7 @@ def run_sample(cfg: PipelineConfig, force: bool = False) -> StageResult:
         resolved["stored"] = None if force else reusable_samples(cfg)
         if resolved["stored"] is None:
             resolved["model"] = resolve_model_path(cfg.run_dir, cfg.sample.model_from)
-        check_pools(cfg, verify=None if resolved["stored"] is None else cfg.sample.verify, sampler=resolved["stored"] is None)
+        check_pools(cfg, sampler=resolved["stored"] is None)
 
     def body(out: str) -> StageResult:
         if resolved["stored"] is not None:
