@@ -28,7 +28,7 @@ from hsdpo.config import InputError, PipelineConfig
 from hsdpo.pairs import NO_PAIR_REASONS, Pair, normalise_pairs, select_pairs, weight_stats
 from hsdpo.plan import plan
 from hsdpo.rundir import RunDir, StageResult, join
-from hsdpo.stage import log, read_rows, run_stage, write_rejects, write_rows
+from hsdpo.stage import content_hash, log, read_rows, run_stage, write_rejects, write_rows
 
 KINDS = ("hard", "easy", "gold")
 
@@ -92,8 +92,11 @@ def _build(cfg: PipelineConfig, out: str, samples: list[dict[str, Any]]) -> Stag
             "pairs: rejected cut at first error": sum(p.rejected_cut for p in pairs),
             **{f"no_pair: {r}": no_pair[r] for r in NO_PAIR_REASONS},
             **{f"pairs: {k}": kinds[k] for k in KINDS}}
+    # problems in problem_id order, each problem's pairs in a fixed order: the same samples give the
+    # same rows whatever order their files were read in, and the manifest knows the pairs by them
     return StageResult(stage="pairs", output=cfg.pairs.output, path=out, rows=rows,
-                       rejects=write_rejects(out, rejects), metrics=weight_stats(pairs))
+                       rejects=write_rejects(out, rejects), metrics=weight_stats(pairs),
+                       manifest={"content_hash": content_hash(rows_out)})
 
 
 def run_pairs(cfg: PipelineConfig, force: bool = False) -> StageResult:

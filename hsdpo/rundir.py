@@ -206,9 +206,14 @@ def write_json_atomic(path: str, obj: Any) -> None:
 
 
 def manifest_hash(manifest: dict[str, Any] | None) -> str | None:
-    """What downstream stages record of an input; None when it is not a finished stage's."""
+    """What downstream stages record of an input; None when it is not a finished stage's. A stage
+    that records the `content_hash` of what it wrote (pairs) is known by it alone: re-made with the
+    same rows (after a verifier change that moves no pair), the stages after it stay current."""
     if manifest is None or manifest.get("status") != "complete":
         return None
+    if isinstance(manifest.get("content_hash"), str):
+        keep = {k: manifest.get(k) for k in ("stage", "output", "content_hash")}
+        return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
     keep = {k: manifest.get(k) for k in ("stage", "output", "config_hash", "inputs", "rows", "finished_at")}
     return hashlib.sha256(json.dumps(keep, sort_keys=True).encode()).hexdigest()[:16]
 

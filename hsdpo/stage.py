@@ -19,6 +19,8 @@ stage on the same run dir is refused while the first runs.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 import time
 from typing import Any, Callable
@@ -131,6 +133,15 @@ def write_rows(rows: list[dict[str, Any]], path: str, schema: pa.Schema | None =
     with fs.open(p, "wb") as f:
         pq.write_table(table, f)
     return table.num_rows
+
+
+def content_hash(rows: list[dict[str, Any]]) -> str:
+    """A hash of a table's rows, in their order (a stage that writes them in a canonical order)."""
+    h = hashlib.sha256()
+    for r in rows:
+        h.update(json.dumps(r, sort_keys=True, default=repr).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
 
 
 def read_rows(folder: str) -> list[dict[str, Any]]:

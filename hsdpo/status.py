@@ -35,6 +35,7 @@ class StepStatus:
     rows: dict[str, int] = field(default_factory=dict)
     finished_at: float | None = None
     wall_s: float | None = None
+    conditional: bool = False  # stale only through inputs that may be re-made the same (content hashes)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -71,18 +72,18 @@ def _since(t: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if isinstance(t, (int, float)) and t > 0 else "?"
 
 
-def step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus:
+def step_status(cfg: PipelineConfig, stage: str, remade: set[str], conditional: set[str] = frozenset()) -> StepStatus:
     """The state of one step; `remade` holds the outputs of earlier steps that a pipeline run would
     write again (so this one's inputs would change under it). A finished output that a later, failed
     run put back (`run_stage`) says so, with the error."""
-    st = _step_status(cfg, stage, remade)
+    st = _step_status(cfg, stage, remade, conditional)
     if st.state in ("current", "stale") and (failed := RunDir(cfg.run_dir).last_failure(st.output)) is not None:
         st.why += (f"; a later run failed {_since(failed.get('failed_at'))}: {failed.get('error')}"
                    f" (its files in {FAILED}/{st.output})")
     return st
 
 
-def _step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatus:
+def _step_status(cfg: PipelineConfig, stage: str, remade: set[str], conditional: set[str]) -> StepStatus:
     p = plan(cfg, stage)
     rd = RunDir(cfg.run_dir)
     st = StepStatus(stage, p.output, "current", "")
@@ -131,6 +132,10 @@ def _step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatu
         st.state = "stale"
         st.why = (f"input {why[1]} is missing" if why and why[0] == "input missing" else
                   f"input {why[1]} was re-made after this ran" if why else f"input {later[0]} will be re-made")
+        if not why and all(name in conditional or isinstance((rd.manifest(name) or {}).get("content_hash"), str)
+                           for name in later):  # known by its rows: re-made the same, this is skipped
+            st.conditional = True
+            st.why += " (runs only if that comes out different)"
         return st
     counts = ", ".join(f"{v} {k}" for k, v in list(st.rows.items())[:2])
     st.why = f"{counts}, {st.wall_s or 0:.1f} s, {_since(st.finished_at)}".lstrip(", ")
@@ -139,11 +144,13 @@ def _step_status(cfg: PipelineConfig, stage: str, remade: set[str]) -> StepStatu
 
 def pipeline_status(cfg: PipelineConfig) -> list[StepStatus]:
     """Every step's state; a recipe `hsdpo pipeline` refuses (check_steps) is refused here the same."""
-    out, remade = [], set()
+    out, remade, conditional = [], set(), set()
     for step, step_cfg in recipe_steps(cfg):
-        st = step_status(step_cfg, step.stage, remade)
+        st = step_status(step_cfg, step.stage, remade, conditional)
         if st.state != "current":
             remade.add(st.output)
+        if st.conditional:
+            conditional.add(st.output)
         out.append(st)
     return out
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hsdpo.config import ConfigError, InputError, config_from_dict
+from hsdpo.config import ConfigError, InputError, config_from_dict, with_overrides
 from hsdpo.pairs import PairsConfig, first_error_cut, normalise, raw_weight, select_pairs
 from hsdpo.pairs_stage import run_pairs
 from hsdpo.rundir import RunDir, StageResult
@@ -303,3 +303,40 @@ def test_pairs_math_imports_no_ray_or_torch():
     code = "import sys, hsdpo.pairs; print(sorted(m for m in ('ray', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_pairs_re_made_with_the_same_rows_leave_the_stages_after_them_current(tmp_path):
+    """The samples re-made (as a re-verify that moves no pair writes them: other files, rows in
+    another order, a new manifest): the pairs run again and come out the same, and what the stages
+    after them recorded of them still matches, so reflogp and dpo are not re-run; `hsdpo status`
+    said beforehand that they would run only if the pairs came out different. Different samples
+    make different pairs, and those are a re-made input."""
+    from hsdpo.plan import plan
+    from hsdpo.stage import run_stage
+    from hsdpo.status import pipeline_status
+
+    cfg = _stage_cfg(tmp_path)
+    cfg = with_overrides(cfg, ["steps=[{stage: pairs}, {stage: reflogp}]"])
+    rd = RunDir(cfg.run_dir)
+    run_pairs(cfg)
+    before, h = read_rows(rd.path("pairs")), rd.input_hashes(["pairs"])
+    for name in ("data", "sft", "reflogp"):  # finished stages as run_stage records them, without a model
+        run_stage(cfg, plan(cfg, name), body=lambda out, name=name: StageResult(name, plan(cfg, name).output, out))
+    samples = read_rows(rd.path("samples"))
+
+    def remake(rows):
+        out = rd.reset("samples")
+        write_rows(rows[3:], out + "/part-a.parquet")
+        write_rows(rows[:3], out + "/part-b.parquet")
+        rd.finish(StageResult(stage="sample", output="samples", path=out), "h2", [], {})
+
+    remake(samples[::-1])
+    states = [(s.output, s.state, s.why) for s in pipeline_status(cfg)]
+    assert states[0][:2] == ("pairs", "stale") and states[1][1] == "stale"
+    assert states[1][2] == "input pairs will be re-made (runs only if that comes out different)"
+    assert not run_pairs(cfg).skipped
+    assert read_rows(rd.path("pairs")) == before and rd.input_hashes(["pairs"]) == h
+    assert [s.state for s in pipeline_status(cfg)] == ["current", "current"]
+    remake([{**r, "absurdity": 0.5} if r["sample_id"] == 1 else r for r in samples])  # another weight
+    run_pairs(cfg)
+    assert rd.input_hashes(["pairs"]) != h and [s.state for s in pipeline_status(cfg)] == ["current", "stale"]
