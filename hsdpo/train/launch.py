@@ -178,9 +178,11 @@ def check_tokenizer(kind: str, tokenizer_path: str, model_path: str, trust_remot
     model has no embedding for (its vocabulary larger than the model's `vocab_size`)."""
     from transformers import AutoConfig
 
-    with _light_copy(tokenizer_path) as tok_dir, _light_copy(model_path) as model_dir:
-        from hsdpo.model import load_tokenizer
+    from hsdpo.model import load_tokenizer
 
+    with contextlib.ExitStack() as stack:
+        model_dir = stack.enter_context(_light_copy(model_path))
+        tok_dir = model_dir if tokenizer_path == model_path else stack.enter_context(_light_copy(tokenizer_path))
         tok = load_tokenizer(tok_dir, trust_remote_code)
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     if tok.eos_token_id is None or tok.pad_token_id is None:
