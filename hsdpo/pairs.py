@@ -38,7 +38,10 @@ verifier (`first_error_step`): at the end of that step, or, when the chosen solu
 text up to a point inside that step past an `=` (both compute the same thing and part in the
 result), right after the word (number) where the two first differ (`... <<27-5=23`). The tokens before the cut that both share cancel in the DPO margin, so the
 preference lands on the slip itself. A cut completion gets no eos (`rejected_cut` is True). A
-negative without a located step error (a wrong final answer only) keeps its whole text.
+negative without a located step error (a wrong final answer only) keeps its whole text. Another
+trainer reading these pairs must leave out the eos where `rejected_cut` is True: TRL's
+`DPOTrainer`, which appends one to every rejected text, would train on "stop after the slip"
+instead of the slip (pass `rejected_full`, or `rejected_span: full`, for it).
 """
 
 from __future__ import annotations
