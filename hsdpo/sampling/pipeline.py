@@ -133,12 +133,18 @@ def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConf
                 trust_remote_code=trust_remote_code, crash_once_marker=sample_cfg.crash_once_marker),
             **retries,
         )
-    if verify:
-        cfg_dict = verifier_cfg.model_dump() if hasattr(verifier_cfg, "model_dump") else (verifier_cfg or {})
-        ds = ds.map_batches(VerifyRows, batch_format="numpy", batch_size=sample_cfg.verify_batch_size,
-                            compute=actor_pool(sample_cfg.verify_concurrency), num_cpus=sample_cfg.verify_num_cpus,
-                            fn_constructor_args=(cfg_dict,), **retries)
-    return ds
+    return verified(ds, sample_cfg, verifier_cfg) if verify else ds
+
+
+def verified(ds, sample_cfg: SampleConfig, verifier_cfg: Any):
+    """`ds` through the verifier actor pool (VerifyRows), as sampling and re-verifying both run it."""
+    from hsdpo.rayutil import actor_pool
+
+    cfg_dict = verifier_cfg.model_dump() if hasattr(verifier_cfg, "model_dump") else (verifier_cfg or {})
+    return ds.map_batches(VerifyRows, batch_format="numpy", batch_size=sample_cfg.verify_batch_size,
+                          compute=actor_pool(sample_cfg.verify_concurrency), num_cpus=sample_cfg.verify_num_cpus,
+                          fn_constructor_args=(cfg_dict,), max_restarts=sample_cfg.max_restarts,
+                          max_task_retries=sample_cfg.max_task_retries)
 
 
 def sample_and_verify(problems: list[dict], model_path: str, out_dir: str, sample_cfg: SampleConfig,
@@ -179,7 +185,7 @@ def _unverified(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def reverify(src_dir: str, out_dir: str, sample_cfg: SampleConfig, verifier_cfg: Any, *, problem_ids: list[str],
-             n: int, verify: bool | None = None) -> dict[str, Any]:
+             n: int) -> dict[str, Any]:
     """Verify again the samples stored under `src_dir` (the previous output of the stage) and write
     them to `out_dir`, with no sampling: what `sample` does when only how samples are verified
     changed. The same actor pool as `sample_and_verify`, and the same row checks after the write;
@@ -187,9 +193,7 @@ def reverify(src_dir: str, out_dir: str, sample_cfg: SampleConfig, verifier_cfg:
     import ray.data
     from ray.data import SaveMode
 
-    from hsdpo.rayutil import actor_pool
-
-    verify = sample_cfg.verify if verify is None else verify
+    verify = sample_cfg.verify
     files = list(list_files(src_dir, ".parquet"))
     if not files:
         raise SampleCountError(f"samples: nothing stored under {src_dir} to verify again")
@@ -198,11 +202,7 @@ def reverify(src_dir: str, out_dir: str, sample_cfg: SampleConfig, verifier_cfg:
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = ray.data.read_parquet(files).map_batches(_unverified, batch_format="numpy", batch_size=None, num_cpus=0.25)
         if verify:
-            cfg_dict = verifier_cfg.model_dump() if hasattr(verifier_cfg, "model_dump") else (verifier_cfg or {})
-            ds = ds.map_batches(VerifyRows, batch_format="numpy", batch_size=sample_cfg.verify_batch_size,
-                                compute=actor_pool(sample_cfg.verify_concurrency), num_cpus=sample_cfg.verify_num_cpus,
-                                fn_constructor_args=(cfg_dict,), max_restarts=sample_cfg.max_restarts,
-                                max_task_retries=sample_cfg.max_task_retries)
+            ds = verified(ds, sample_cfg, verifier_cfg)
     ds.write_parquet(out_dir, mode=SaveMode.OVERWRITE)
     wall = time.perf_counter() - t0
     cols = ["problem_id", "sample_id", "num_tokens", "finish_reason"] + (["correct"] if verify else [])
