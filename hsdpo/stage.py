@@ -144,21 +144,28 @@ def content_hash(rows: list[dict[str, Any]]) -> str:
     return h.hexdigest()[:16]
 
 
-def read_rows(folder: str) -> list[dict[str, Any]]:
-    """All rows of a stage's Parquet files (rejects and manifests excluded), in file order."""
+def read_table(folder: str) -> pa.Table | None:
+    """All rows of a stage's Parquet files (rejects and manifests excluded) as one Arrow table, in
+    file order; None when there is no file."""
     tables = []
     for f in list_files(folder, ".parquet"):
         fs, p = _fs(f)
         with fs.open(p, "rb") as fh:
             tables.append(pq.read_table(fh))
     if not tables:
-        return []
+        return None
     try:
-        return pa.concat_tables(tables, promote_options="default").to_pylist()
+        return pa.concat_tables(tables, promote_options="default")
     except (pa.ArrowTypeError, pa.ArrowInvalid) as err:  # one file's column a string, another's a number
         first = (str(err).strip().splitlines() or [""])[0][:200]
         raise InputError(f"{folder}: its Parquet files disagree on a column's type ({first}); give every file"
                          " the same schema") from None
+
+
+def read_rows(folder: str) -> list[dict[str, Any]]:
+    """All rows of a stage's Parquet files (rejects and manifests excluded), in file order."""
+    table = read_table(folder)
+    return table.to_pylist() if table is not None else []
 
 
 def flag(value: Any) -> bool:

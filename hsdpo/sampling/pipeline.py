@@ -190,17 +190,20 @@ def reverify(src_dir: str, out_dir: str, sample_cfg: SampleConfig, verifier_cfg:
     them to `out_dir`, with no sampling: what `sample` does when only how samples are verified
     changed. The same actor pool as `sample_and_verify`, and the same row checks after the write;
     the metrics' throughputs are the verifier's."""
-    import ray.data
     from ray.data import SaveMode
 
+    from hsdpo.rayutil import table_dataset
+    from hsdpo.stage import read_table
+
     verify = sample_cfg.verify
-    files = list(list_files(src_dir, ".parquet"))
-    if not files:
-        raise SampleCountError(f"samples: nothing stored under {src_dir} to verify again")
     t0 = time.perf_counter()
+    stored = read_table(src_dir)  # on the driver: see table_dataset
+    if stored is None:
+        raise SampleCountError(f"samples: nothing stored under {src_dir} to verify again")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ray.data.read_parquet(files).map_batches(_unverified, batch_format="numpy", batch_size=None, num_cpus=0.25)
+        ds = table_dataset(stored, sample_cfg.verify_batch_size, sample_cfg.verify_concurrency)
+        ds = ds.map_batches(_unverified, batch_format="numpy", batch_size=None, num_cpus=0.25)
         if verify:
             ds = verified(ds, sample_cfg, verifier_cfg)
     ds.write_parquet(out_dir, mode=SaveMode.OVERWRITE)

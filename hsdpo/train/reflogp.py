@@ -7,7 +7,8 @@ hold the frozen reference (SFT) model, so the DPO trainer needs no reference mod
 Input: `<reflogp.pairs_from>/` and `<reflogp.model_from>/model/`. Output: `<run_dir>/ref_logps/`,
 the pairs plus `ref_chosen_logp, ref_rejected_logp` (float64 sums over completion tokens + eos),
 tokenised exactly as the trainer does (tokenize.py); a pair without text on every side gets NaN
-(dpo rejects it). A lost or duplicated row raises.
+(dpo rejects it). A lost or duplicated row raises. The pairs are read on the driver and reach the
+actors in blocks of whole batches, about four an actor (`rayutil.table_dataset`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ import pyarrow.parquet as pq
 from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
 from hsdpo.plan import plan
-from hsdpo.rayutil import actor_pool, init_ray, local_shortfall
+from hsdpo.rayutil import actor_pool, init_ray, local_shortfall, table_dataset
 from hsdpo.rundir import RunDir, StageResult, _fs, list_files
-from hsdpo.stage import read_rows, run_stage
+from hsdpo.stage import read_rows, read_table, run_stage
 from hsdpo.train.config import RefLogpConfig
 from hsdpo.train.launch import check_tokenizer
 
@@ -66,14 +67,12 @@ class RefLogpActor:
 
 
 def _body(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
-    import ray
-
     c = cfg.reflogp
     rd = RunDir(cfg.run_dir)
-    files = list(list_files(rd.path(c.pairs_from), ".parquet"))
-    if not files:
+    pairs = read_table(rd.path(c.pairs_from))
+    if pairs is None:
         raise InputError(f"reflogp: no pairs in {rd.path(c.pairs_from)}")
-    ds = ray.data.read_parquet(files).map_batches(
+    ds = table_dataset(pairs, c.batch_size, c.concurrency).map_batches(
         RefLogpActor,
         fn_constructor_kwargs={"model_path": model_path,
                                "max_length": c.max_length, "chunk": c.logp_chunk, "use_gpu": c.num_gpus > 0,
@@ -82,8 +81,7 @@ def _body(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
     )
     ds.write_parquet(out)
     got = read_rows(out)
-    want = read_rows(rd.path(c.pairs_from))
-    check_rows(want, got)
+    check_rows(pairs.select(["pair_id"]).to_pylist(), got)
     scored = [r for r in got if np.isfinite(r["ref_chosen_logp"])]  # the means over pairs with text (no NaN)
     rows = {"pairs": len(got), **({"unscored_pairs": len(got) - len(scored)} if len(scored) < len(got) else {})}
     means = {f"mean_{k}": float(np.mean([r[k] for r in scored])) for k in ADDS} if scored else {}

@@ -120,6 +120,23 @@ def test_run_only_settings_keep_finished_samples_and_others_do_not(sampled):
     assert config_hash(with_overrides(cfg, ["sample.n=3"]), plan(cfg, "sample")) != config_hash(cfg, plan(cfg, "sample"))
 
 
+def test_a_table_read_on_the_driver_gives_every_actor_of_a_pool_whole_batches(ray_local):
+    """Pairs and stored samples reach their actor pools as blocks of whole batches, about four an
+    actor, in order (one block, as `read_parquet` makes of a one-file table, kept all but one actor
+    of a pool idle)."""
+    import pyarrow as pa
+
+    from hsdpo.rayutil import table_dataset
+
+    table = pa.table({"i": list(range(100))})
+    for batch, pool, sizes in ((4, 2, [16] * 6 + [4]), (3, 1, [27] * 3 + [19]), (4, (1, 8), [4] * 25),
+                               (200, 4, [100])):
+        blocks = [b["i"].tolist() for b in table_dataset(table, batch, pool).iter_batches(batch_size=None,
+                                                                                          batch_format="numpy")]
+        assert [len(b) for b in blocks] == sizes, (batch, pool)
+        assert sum(blocks, []) == list(range(100))
+
+
 def test_a_verifier_change_verifies_the_stored_samples_again_without_sampling(sampled, tmp_path, capfd, monkeypatch):
     """Only how samples are verified changed (a verifier setting, sample.verify, the verifier's
     version): the stage reads its stored completions back and verifies them again. The rows are the
