@@ -6,9 +6,10 @@ group already exists; as a plain process (`benchmarks/gpu_train.py`) `init_distr
 world of one from MASTER_ADDR/MASTER_PORT/RANK/WORLD_SIZE (defaults: localhost, one rank).
 
 Optimiser: a client `torch.optim.AdamW` (fused on CUDA) and a warmup + cosine `LambdaLR`, handed
-to `deepspeed.initialize`, so no DeepSpeed op is compiled at start; with `offload=True` DeepSpeed's
-own CPU Adam is used instead (ZeRO-Offload needs it; also on a CPU-only machine). DeepSpeed compiles
-that op on first use (a C++ compiler and ninja; a few minutes, then cached in ~/.cache/torch_extensions).
+to `deepspeed.initialize`, so no DeepSpeed op is compiled at start (nor, on CPU, the comm backend's:
+`skip_shm_comm_op`); with `offload=True` DeepSpeed's own CPU Adam is used instead (ZeRO-Offload
+needs it; also on a CPU-only machine). DeepSpeed compiles that op on first use (a C++ compiler and
+ninja; a few minutes, then cached in ~/.cache/torch_extensions, once for each environment).
 
 Clipping (`fused_clip`, ZeRO-2 without offload): DeepSpeed hands the optimizer one flat fp32
 gradient partition per rank, so the global norm is one reduction over it (and one all-reduce of a
@@ -48,9 +49,25 @@ def init_distributed(use_gpu: bool) -> None:
                            ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0")):
             os.environ.setdefault(key, value)
         dist.init_process_group(backend, timeout=timedelta(minutes=30))
+    if not use_gpu:
+        skip_shm_comm_op()
     deepspeed.init_distributed(dist_backend=backend)
     if use_gpu:
         torch.cuda.set_device(local_rank())
+
+
+def skip_shm_comm_op() -> None:
+    """On CPU, DeepSpeed's comm backend compiles its shared-memory all-reduce (`deepspeed_shm_comm`)
+    as it starts: about 90 s of both cores of the build machine, at the first run in each new
+    environment (the build is keyed to the venv's paths), for the all-reduce of inference's
+    tensor-parallel layers (`inference_all_reduce`, deepspeed.module_inject), which training never
+    calls. Marked incompatible, the backend starts without it, as where the op cannot be built, and
+    every all-reduce goes through gloo as before. On GPUs no such op is built."""
+    import deepspeed.ops
+
+    ops = getattr(deepspeed.ops, "__compatible_ops__", None)  # DeepSpeed: edits to this dict persist
+    if isinstance(ops, dict):
+        ops["deepspeed_shm_comm"] = False
 
 
 def rank() -> int:

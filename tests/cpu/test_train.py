@@ -489,6 +489,8 @@ for key in ("True 4", "True 2", "False 4", "False 2", "True 4 lora", "False 4 lo
     hist = train_worker(spec, rows=rows)
     out[key] = {"coalesced": sorted(set(seen)), "loss": [h["loss"] for h in hist],
                 "grad_norm": [h["grad_norm"] for h in hist]}
+import deepspeed.comm.comm as ds_comm
+out["shm_comm_op"] = ds_comm.cdb.shm_comm_op is not None  # DeepSpeed's CPU backend, started by the worker
 print("RESULT", json.dumps(out), flush=True)
 """
 
@@ -512,8 +514,10 @@ def _four_pair_worker(script: str, model_dir: Path, tmp_path: Path) -> dict:
 def test_coalesced_gradient_reduction_in_a_world_of_one_matches_per_parameter_hooks(tiny_model_dir, tmp_path):
     """World of one, one micro-batch a step: ZeRO-2 reduces gradients in one pass after backward
     (DeepSpeed's coalesce_grad_reduction), and the run is the same as with a hook a parameter, also
-    with LoRA; with gradient accumulation the hooks stay."""
+    with LoRA; with gradient accumulation the hooks stay. DeepSpeed's comm backend started without
+    compiling its inference all-reduce op (strategy.skip_shm_comm_op)."""
     out = _four_pair_worker(COALESCE_WORKER, tiny_model_dir, tmp_path)
+    assert out["shm_comm_op"] is False
     assert out["True 4"]["coalesced"] == [True]  # engaged only where it applies
     assert out["True 2"]["coalesced"] == out["False 4"]["coalesced"] == out["False 2"]["coalesced"] == [False]
     ref = out["False 4"]
