@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import math
 import os
 import sys
@@ -450,4 +451,22 @@ def inject_failure(t: TrainConfig, spec: dict[str, Any], step: int, rank: int) -
 
 def ray_train_loop(spec: dict[str, Any]) -> None:
     """The Ray Train entry point (train_loop_per_worker)."""
+    quiet_report_log()
     train_worker({**spec, "use_ray": True})
+
+
+def quiet_report_log() -> logging.Logger | None:
+    """Ray Train 2.60 logs every `ray.train.report` of a worker at INFO, its whole metrics dict on
+    one line, through a logger named by its module's file path: outside `ray.train`, so
+    `LoggingConfig(log_level)` does not reach it, and the root logger Ray Train sets up in the worker
+    sends it to the driver (19 such lines in the demo, beside hsdpo's own progress lines, which say
+    the same on rank 0). That logger keeps its warnings. Returns it; None where Ray Train has none."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return None
+    logger = getattr(context, "logger", None)
+    if isinstance(logger, logging.Logger):
+        logger.setLevel(logging.WARNING)
+        return logger
+    return None

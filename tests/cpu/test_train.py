@@ -799,6 +799,18 @@ def test_dpo_first_step_is_ln2_and_loss_falls_and_export_generates(run_a):
     assert not list((Path(cfg.run_dir) / "_checkpoints" / "dpo_a").glob("*"))  # cleared after success
 
 
+def test_ray_trains_report_lines_stay_out_of_the_worker_logs(run_a):
+    """Ray Train logs each report's whole metrics dict at INFO through a logger outside `ray.train`;
+    the worker keeps that logger at warnings (worker.quiet_report_log), so neither the worker's
+    stderr, which reaches the driver, nor Ray Train's application log has them."""
+    import ray
+
+    logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    files = [*logs.glob("worker-*.err"), *(logs / "train").glob("ray-train-app-worker-*.log")]
+    assert any(f.name.startswith("worker-") for f in files)
+    assert not [f.name for f in files if "Reporting training result" in f.read_text(errors="replace")]
+
+
 @pytest.mark.parametrize("zero", [2, 3])
 def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
     """2 workers (rank 0 raises at step 3, no retries), then a re-run with 1 resumes from their step-2
