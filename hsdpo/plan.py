@@ -75,6 +75,11 @@ def check_plan(p: Plan) -> None:
     """A stage whose output folder is also one of its inputs (`sft.init_from=sft` for an RFT run with
     `sft.output` left at `sft`) would empty that folder before reading it, and lose the model it was to
     start from: a config error before anything is touched."""
+    name = p.output
+    if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("_"):
+        # emptied before the stage runs: "" or ".." would be the run dir itself or the folder above it
+        raise ConfigError(f"{p.stage}.output {name!r} is not a folder name of the run dir; give one plain name"
+                          " (no '/', not '.', '..' or a leading '_')")
     if p.output in p.inputs:
         raise ConfigError(f"{p.stage} would write {p.output}/, which it also reads (emptied before it is read);"
                           f" set {p.stage}.output to another folder")

@@ -75,3 +75,13 @@ def test_runtime_env_excludes_local_state_and_is_a_valid_runtime_env():
     assert "pip" not in env and "uv" not in env, "nodes come with hsdpo installed (cluster/*.yaml)"
     assert not any(k.endswith(("TOKEN", "KEY", "SECRET", "PASSWORD")) for k in env.get("env_vars", {}))
     RuntimeEnv(**env)
+
+
+@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "_previous"])
+def test_a_stage_output_that_is_not_a_plain_folder_name_is_refused_before_anything_is_emptied(name):
+    from hsdpo.config import ConfigError
+    from hsdpo.plan import Plan, check_plan
+
+    with pytest.raises(ConfigError, match=r"^reflogp\.output .* is not a folder name of the run dir"):
+        check_plan(Plan("reflogp", name, ("pairs",), ("seed",)))
+    check_plan(Plan("reflogp", "ref_logps", ("pairs",), ("seed",)))
