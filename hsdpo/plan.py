@@ -74,10 +74,10 @@ def report_inputs(cfg: PipelineConfig) -> tuple[str, ...]:
 def check_plan(p: Plan) -> None:
     """A stage whose output folder is also one of its inputs (`sft.init_from=sft` for an RFT run with
     `sft.output` left at `sft`) would empty that folder before reading it, and lose the model it was to
-    start from: a config error before anything is touched."""
+    start from: a config error before anything is touched. So is an output that is not one plain
+    folder name of the run dir ("" or ".." would empty the run dir itself or the folder above it)."""
     name = p.output
     if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("_"):
-        # emptied before the stage runs: "" or ".." would be the run dir itself or the folder above it
         raise ConfigError(f"{p.stage}.output {name!r} is not a folder name of the run dir; give one plain name"
                           " (no '/', not '.', '..' or a leading '_')")
     if p.output in p.inputs:

@@ -455,18 +455,16 @@ def ray_train_loop(spec: dict[str, Any]) -> None:
     train_worker({**spec, "use_ray": True})
 
 
-def quiet_report_log() -> logging.Logger | None:
+def quiet_report_log() -> None:
     """Ray Train 2.60 logs every `ray.train.report` of a worker at INFO, its whole metrics dict on
     one line, through a logger named by its module's file path: outside `ray.train`, so
     `LoggingConfig(log_level)` does not reach it, and the root logger Ray Train sets up in the worker
     sends it to the driver (19 such lines in the demo, beside hsdpo's own progress lines, which say
-    the same on rank 0). That logger keeps its warnings. Returns it; None where Ray Train has none."""
+    the same on rank 0). That logger keeps its warnings; nothing changes where Ray Train has none."""
     try:
         from ray.train.v2._internal.execution import context
     except ImportError:
-        return None
+        return
     logger = getattr(context, "logger", None)
     if isinstance(logger, logging.Logger):
         logger.setLevel(logging.WARNING)
-        return logger
-    return None
