@@ -4,7 +4,9 @@ any causal LM by hub name or path. Everything saved loads with AutoModelForCausa
 
 from __future__ import annotations
 
+import json
 import os
+import posixpath
 from pathlib import Path
 from typing import Iterable, Literal
 
@@ -119,6 +121,65 @@ def load_model(name_or_path: str, trust_remote_code: bool = False, dtype: str = 
     return model.to(device) if device else model
 
 
+def check_weights(path: str) -> None:
+    """A model folder (local or a URI) whose weights would fail every worker's load: none there, a
+    sharded index naming a missing shard, a safetensors file cut short (a copy that stopped, a full
+    disk). Reads only each file's header. A hub id is left to the loaders."""
+    from hsdpo.config import InputError
+    from hsdpo.rundir import _fs, is_uri
+
+    if not (is_uri(path) or os.path.isdir(path)):
+        return
+    fs, root = _fs(path)
+    root = root.rstrip("/")
+    names = {posixpath.basename(n) for n in fs.ls(root, detail=False)}
+    for index in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
+        if index in names:
+            try:
+                with fs.open(f"{root}/{index}", "rb") as fh:
+                    shards = sorted(set(json.load(fh)["weight_map"].values()))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise InputError(f"model {path}: its {index} does not read ({first_line(err)})") from None
+            missing = [s for s in shards if s not in names]
+            if missing:
+                raise InputError(f"model {path}: no {missing[0]}, a shard its {index} names"
+                                 + (f" ({len(missing)} missing)" if len(missing) > 1 else ""))
+            break
+    else:
+        shards = [n for n in ("model.safetensors", "pytorch_model.bin") if n in names][:1]
+        if not shards:
+            raise InputError(f"model {path}: no weights (no model.safetensors, pytorch_model.bin or a"
+                             " sharded index of them)")
+    for shard in shards:
+        if shard.endswith(".safetensors"):
+            _check_safetensors(fs, f"{root}/{shard}", path)
+
+
+def _check_safetensors(fs, file: str, path: str) -> None:
+    """The header of a safetensors file (a little-endian u64 length, then that much JSON naming each
+    tensor's byte range) read and checked against the file's size."""
+    from hsdpo.config import InputError
+
+    size = fs.size(file)
+    bad = f"model {path}: its {posixpath.basename(file)} is"
+    with fs.open(file, "rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 2 or 8 + n > size:
+            raise InputError(f"{bad} not a safetensors file or cut short ({size} bytes); copy or export it again")
+        try:
+            header = json.loads(fh.read(n))
+            end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as err:
+            raise InputError(f"{bad} not a safetensors file ({first_line(err)})") from None
+    if 8 + n + end > size:
+        raise InputError(f"{bad} cut short: {size} bytes of {8 + n + end}; copy or export it again")
+
+
+def first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: " + (str(err).strip().splitlines() or [""])[0]
+
+
 def resolve_model_path(run_dir: str, ref: str) -> str:
     """`ref` is a run-dir stage folder holding a model (`sft`, `dpo`), or a path / hub id.
     Stage folders keep the HF model under `<stage>/model/`. A `~/` path comes back expanded (the
@@ -129,6 +190,7 @@ def resolve_model_path(run_dir: str, ref: str) -> str:
     candidate = rd.path(ref, "model")
     fs, p = _fs(candidate)
     if fs.exists(p + "/config.json"):
+        check_weights(candidate)
         return candidate
     if rd.manifest(ref) is not None:
         from hsdpo.config import InputError
@@ -151,6 +213,8 @@ def check_model_source(ref: str, what: str = "model", needs: str | None = "confi
         fs, p = _fs(ref if is_uri(ref) else os.path.expanduser(ref))
         if not fs.exists(p) or (needs and not fs.exists(p.rstrip("/") + "/" + needs)):
             raise InputError(f"{what} {ref}: no such folder" + (f" holding {needs}" if needs else ""))
+        if needs == "config.json":
+            check_weights(ref if is_uri(ref) else os.path.expanduser(ref))
         return
     from huggingface_hub import constants, file_exists, try_to_load_from_cache
     from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -167,8 +231,7 @@ def check_model_source(ref: str, what: str = "model", needs: str | None = "confi
     try:
         found = file_exists(ref, needs)
     except Exception as err:  # noqa: BLE001 -- no network, gated, unknown repo
-        first = (str(err).strip().splitlines() or [""])[0]
         raise InputError(f"{what} {ref}: {where} not in the local hub cache and the hub cannot be asked"
-                         f" ({type(err).__name__}: {first})") from None
+                         f" ({first_line(err)})") from None
     if not found:
         raise InputError(f"{what} {ref}: {where} not on the hub")

@@ -173,18 +173,30 @@ def _load_tokenizer(path: str, version: tuple, trust_remote_code: bool):
 
 
 def check_tokenizer(kind: str, tokenizer_path: str, model_path: str, trust_remote_code: bool = False) -> None:
-    """What would fail every batch, refused on one line before any task starts: a tokenizer without an
-    eos token (it ends every completion; `load_tokenizer` pads with it too), or one with token ids the
-    model has no embedding for (its vocabulary larger than the model's `vocab_size`)."""
+    """What would fail every batch, refused on one line before any task starts: a config.json or a
+    tokenizer that does not load, a tokenizer that turns text into no tokens (log-probs of 0.0 over
+    nothing), one without an eos token (it ends every completion; `load_tokenizer` pads with it too),
+    or one with token ids the model has no embedding for (its vocabulary larger than `vocab_size`)."""
     from transformers import AutoConfig
 
-    from hsdpo.model import load_tokenizer
+    from hsdpo.model import first_line, load_tokenizer
 
     with contextlib.ExitStack() as stack:
         model_dir = stack.enter_context(_light_copy(model_path))
         tok_dir = model_dir if tokenizer_path == model_path else stack.enter_context(_light_copy(tokenizer_path))
-        tok = load_tokenizer(tok_dir, trust_remote_code)
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        try:
+            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, TypeError, KeyError) as err:  # a JSONDecodeError is a ValueError
+            raise InputError(f"{kind}: the config.json of {model_path} does not load ({first_line(err)})") from None
+        try:
+            tok = load_tokenizer(tok_dir, trust_remote_code)
+        except (OSError, ValueError, TypeError, KeyError) as err:
+            raise InputError(f"{kind}: the tokenizer of {tokenizer_path} does not load ({first_line(err)})") from None
+    if not tok(SAMPLE_TEXT, add_special_tokens=False)["input_ids"]:
+        # what transformers builds from a folder without tokenizer.json: every text is no tokens, and
+        # every log-prob a sum over nothing (0.0)
+        raise InputError(f"{kind}: the tokenizer of {tokenizer_path} turns text into no tokens (is its"
+                         " tokenizer.json missing?); give the model's own tokenizer")
     if tok.eos_token_id is None or tok.pad_token_id is None:
         raise InputError(f"{kind}: the tokenizer of {tokenizer_path} has no eos token (it ends every completion and"
                          " pads the batches); give it one (eos_token in its tokenizer_config.json)")
@@ -198,6 +210,9 @@ def check_tokenizer(kind: str, tokenizer_path: str, model_path: str, trust_remot
         raise InputError(f"{kind}: the tokenizer of {tokenizer_path} has token ids up to {top} and the model"
                          f" {model_path} embeds {vocab} (vocab_size): they are not one model's; give the"
                          " model's own tokenizer")
+
+
+SAMPLE_TEXT = "Question: What is 12 + 7?\nAnswer: 12 + 7 = 19 #### 19"
 
 
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")

@@ -191,6 +191,55 @@ def test_a_tokenizer_without_eos_or_larger_than_the_models_vocab_is_one_line_bef
     assert rd.manifest("dpo") is None and rd.manifest("sft") is None and rd.manifest("ref_logps") is None
 
 
+def test_a_model_folder_that_would_fail_every_worker_is_one_line_before_the_stage(model_dir, tmp_path, capsys):
+    import json
+    import shutil
+
+    def broken(name: str, change) -> Path:
+        out = tmp_path / name
+        shutil.copytree(model_dir, out)
+        change(out)
+        return out
+
+    def cut(d: Path) -> None:
+        with open(d / "model.safetensors", "r+b") as fh:
+            fh.truncate((d / "model.safetensors").stat().st_size - 100)
+
+    def sharded(d: Path) -> None:
+        (d / "model.safetensors").rename(d / "model-00001-of-00002.safetensors")
+        (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+            "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+
+    size = (model_dir / "model.safetensors").stat().st_size
+    cases = [
+        # what transformers builds without tokenizer.json encodes every text to nothing: reflogp wrote 0.0s
+        (lambda d: (d / "tokenizer.json").unlink(), "{stage}: the tokenizer of {d} turns text into no tokens (is its"
+         " tokenizer.json missing?); give the model's own tokenizer"),
+        (lambda d: (d / "tokenizer.json").write_text("{not json"), "{stage}: the tokenizer of {d} does not load"
+         " (JSONDecodeError: Expecting property name enclosed in double quotes: line 1 column 2 (char 1))"),
+        (lambda d: (d / "config.json").write_text("{}"), "{stage}: the config.json of {d} does not load (ValueError:"
+         " Unrecognized model in {d}. Should have a `model_type` key in its config.json.)"),
+        (lambda d: (d / "model.safetensors").unlink(), "model {d}: no weights (no model.safetensors,"
+         " pytorch_model.bin or a sharded index of them)"),
+        (cut, f"model {{d}}: its model.safetensors is cut short: {size - 100} bytes of {size}; copy or export it again"),
+        (lambda d: (d / "model.safetensors").write_bytes(b""), "model {d}: its model.safetensors is not a safetensors"
+         " file or cut short (0 bytes); copy or export it again"),
+        (sharded, "model {d}: no model-00002-of-00002.safetensors, a shard its model.safetensors.index.json names"),
+    ]
+    cfg = _cfg(tmp_path / "run", dpo={"max_length": MAXLEN, "pairs_from": "ref_a"})
+    _table(cfg, "pairs", [GOOD], stage="pairs")
+    _table(cfg, "ref_a", [GOOD])
+    for i, (change, line) in enumerate(cases):
+        d = broken(f"m{i}", change)
+        for stage, key in (("reflogp", "reflogp.model_from"), ("dpo", "dpo.init_from")):
+            assert _cli(cfg, tmp_path, capsys, stage, f"{key}={d}") == "hsdpo: " + line.format(stage=stage, d=d)
+        assert _cli(cfg, tmp_path, capsys, "sft", "sft.data_from=ref_a", f"model.name_or_path={d}") == (
+            "hsdpo: " + line.format(stage="sft", d=d))
+    rd = RunDir(cfg.run_dir)
+    assert rd.manifest("dpo") is None and rd.manifest("sft") is None and rd.manifest("ref_logps") is None
+    assert rd.manifest("ref_a") is not None
+
+
 # ---- the reference log-probs -----------------------------------------------------------------------
 
 def test_reflogp_scores_pairs_with_text_passes_duplicate_ids_on_and_refuses_a_table_without_pairs(
