@@ -144,14 +144,23 @@ def content_hash(rows: list[dict[str, Any]]) -> str:
     return h.hexdigest()[:16]
 
 
+def read_parquet(file: str, schema_only: bool = False) -> pa.Table | pa.Schema:
+    """One Parquet file's rows (or its schema); a file that is not Parquet (empty, cut short, another
+    format under a .parquet name) is a one-line `InputError` naming it."""
+    fs, p = _fs(file)
+    try:
+        with fs.open(p, "rb") as fh:
+            return pq.read_schema(fh) if schema_only else pq.read_table(fh)
+    except (pa.ArrowInvalid, OSError) as err:
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise InputError(f"{file}: not a readable Parquet file ({type(err).__name__}: {first}); re-run the stage"
+                         " that wrote it (with --force) or remove the file") from None
+
+
 def read_table(folder: str) -> pa.Table | None:
     """All rows of a stage's Parquet files (rejects and manifests excluded) as one Arrow table, in
     file order; None when there is no file."""
-    tables = []
-    for f in list_files(folder, ".parquet"):
-        fs, p = _fs(f)
-        with fs.open(p, "rb") as fh:
-            tables.append(pq.read_table(fh))
+    tables = [read_parquet(f) for f in list_files(folder, ".parquet")]
     if not tables:
         return None
     try:

@@ -18,14 +18,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from hsdpo.config import InputError, PipelineConfig
 from hsdpo.model import resolve_model_path
 from hsdpo.plan import plan
 from hsdpo.rayutil import actor_pool, init_ray, local_shortfall, table_dataset
-from hsdpo.rundir import RunDir, StageResult, _fs, list_files
-from hsdpo.stage import read_rows, read_table, run_stage
+from hsdpo.rundir import RunDir, StageResult, list_files
+from hsdpo.stage import read_parquet, read_rows, read_table, run_stage
 from hsdpo.train.config import RefLogpConfig
 from hsdpo.train.launch import check_tokenizer
 
@@ -102,9 +101,7 @@ def check_pairs(folder: str) -> None:
     if not files:
         raise InputError(f"reflogp: no pairs in {folder}")
     for f in files:
-        fs, path = _fs(f)
-        with fs.open(path, "rb") as fh:
-            names = pq.read_schema(fh).names
+        names = read_parquet(f, schema_only=True).names
         missing = [c for c in NEEDS if c not in names]
         if missing:
             raise InputError(f"reflogp: {f} has no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}"

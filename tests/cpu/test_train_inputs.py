@@ -158,6 +158,28 @@ def test_an_empty_prompt_counts_the_completion_tokens_that_are_scored(model_dir)
     assert math.isfinite(loss.item()) and math.isfinite(m["chosen_nll"].item())
 
 
+def test_a_file_that_is_not_parquet_in_an_input_is_one_line_naming_it(model_dir, tmp_path, capsys):
+    from hsdpo.stage import read_rows
+
+    cfg = _cfg(tmp_path / "run", dpo={"max_length": MAXLEN, "pairs_from": "ref_a", "init_from": str(model_dir)},
+               reflogp={"max_length": MAXLEN, "model_from": str(model_dir)})
+    _table(cfg, "pairs", [GOOD], stage="pairs")
+    _table(cfg, "ref_a", [GOOD])
+    rd = RunDir(cfg.run_dir)
+    for folder, content in (("pairs", b""), ("ref_a", b"PAR1 a copy that stopped")):  # empty; cut short
+        bad = rd.path(folder, "part-1.parquet")
+        Path(bad).write_bytes(content)
+        with pytest.raises(InputError, match=rf"^{bad}: not a readable Parquet file \(ArrowInvalid: .*\); re-run the"
+                           r" stage that wrote it \(with --force\) or remove the file$"):
+            read_rows(rd.path(folder))
+    line = "hsdpo: {}: not a readable Parquet file (ArrowInvalid: "
+    assert _cli(cfg, tmp_path, capsys, "reflogp").startswith(line.format(rd.path("pairs", "part-1.parquet")))
+    assert _cli(cfg, tmp_path, capsys, "dpo").startswith(line.format(rd.path("ref_a", "part-1.parquet")))
+    assert _cli(cfg, tmp_path, capsys, "sft", "sft.data_from=ref_a").startswith(
+        line.format(rd.path("ref_a", "part-1.parquet")))
+    assert rd.manifest("dpo") is None and rd.manifest("sft") is None and rd.manifest("ref_logps") is None
+
+
 # ---- the model and the tokenizer -------------------------------------------------------------------
 
 def test_a_tokenizer_without_eos_or_larger_than_the_models_vocab_is_one_line_before_the_stage(
