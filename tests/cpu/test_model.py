@@ -47,9 +47,17 @@ def test_presets_and_unknown_preset():
         tiny_config("huge", 100)
 
 
+def _weights(folder) -> None:
+    """A weights file the driver's check reads the header of (resolution loads no weights)."""
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+
+
 def test_resolve_model_path(tmp_path):
     (tmp_path / "sft" / "model").mkdir(parents=True)
     (tmp_path / "sft" / "model" / "config.json").write_text("{}")
+    _weights(tmp_path / "sft" / "model")
     assert resolve_model_path(str(tmp_path), "sft") == f"{tmp_path}/sft/model"
     assert resolve_model_path(str(tmp_path), str(tmp_path / "sft" / "model")) == str(tmp_path / "sft" / "model")
 
@@ -61,6 +69,7 @@ def test_a_home_relative_model_path_comes_back_loadable(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     (tmp_path / "m").mkdir()
     tiny_config("micro", 100).save_pretrained(tmp_path / "m")
+    _weights(tmp_path / "m")
     path = resolve_model_path(str(tmp_path / "run"), "~/m")
     assert path == str(tmp_path / "m") and AutoConfig.from_pretrained(path).vocab_size == 100
 
