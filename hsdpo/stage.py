@@ -28,7 +28,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hsdpo.config import InputError, PipelineConfig, dump_config
+from hsdpo.config import ConfigError, InputError, PipelineConfig, dump_config
 from hsdpo.plan import Plan, check_plan
 from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
 from hsdpo.verifier.config import VERIFIER_VERSION
@@ -64,6 +64,10 @@ def run_stage(
     with stage_lock(cfg.run_dir, output):
         if rd.recover(output):
             log(f"{stage}: a stopped run's partial output replaced by the complete output it had set aside")
+        held = (rd.manifest(output) or {}).get("stage")
+        if held and held != stage:  # e.g. reflogp.output=problems would replace the problems with log-probs
+            raise ConfigError(f"{stage}.output {output!r} holds the output of {held} ({rd.path(output)}); set"
+                              f" {stage}.output to another folder, or remove that one to replace it")
         if not force and rd.is_current(output, hashed, inputs):
             log(f"{stage} -> {rd.path(output)}: complete and current, skipped")
             return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)

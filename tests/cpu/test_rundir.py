@@ -270,6 +270,32 @@ def test_a_stage_that_fails_releases_its_lock(tmp_path):
     assert not (tmp_path / "run" / "_locks" / "problems.json").exists()
 
 
+def test_an_output_that_is_another_stages_folder_is_refused_and_that_folder_kept(tmp_path):
+    from hsdpo.config import ConfigError, with_overrides
+    from hsdpo.data.stage import run_data
+    from hsdpo.plan import Plan
+    from hsdpo.rundir import RunDir, StageResult
+    from hsdpo.stage import run_stage
+
+    run = tmp_path / "run"
+    cfg = _synthetic(str(run))
+    run_data(cfg)
+    before, files = RunDir(str(run)).manifest("problems"), _tree(run / "problems")
+    ran = []
+
+    def body(out: str) -> StageResult:
+        ran.append(out)
+        return StageResult("reflogp", "problems", out)
+
+    # reflogp.output=problems used to replace the problems with log-probs (and re-make both forever)
+    with pytest.raises(ConfigError, match=rf"^reflogp.output 'problems' holds the output of data \({run}/problems\); set"
+                       r" reflogp.output to another folder, or remove that one to replace it$"):
+        run_stage(cfg, Plan("reflogp", "problems", (), ("seed",)), body=body, force=True)
+    assert ran == [] and RunDir(str(run)).manifest("problems") == before and _tree(run / "problems") == files
+    run_data(with_overrides(cfg, ["data.sources.0.synthetic.num_problems=5"]))  # the stage that wrote it may
+    assert RunDir(str(run)).manifest("problems")["rows"]["problems"] == 5
+
+
 def _lock_file(run: Path, holder: dict) -> Path:
     import json
 
