@@ -24,8 +24,8 @@ from hsdpo.plan import plan
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import flag, read_rows, run_stage, write_rejects
-from hsdpo.train.launch import (check_tokenizer, checkpoint_root, clear_checkpoints, fit, preflight, split_heldout,
-                                summary)
+from hsdpo.train.launch import (check_resume, check_tokenizer, checkpoint_root, clear_checkpoints, fit, preflight,
+                                split_heldout, summary)
 
 NEEDED = ("pair_id", "prompt", "chosen", "rejected", "weight", "ref_chosen_logp", "ref_rejected_logp")
 TEXT = ("prompt", "chosen", "rejected")
@@ -140,6 +140,8 @@ def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
         init_ray(cfg.ray)
         preflight("dpo", d)
         resolved["data"] = training_rows(cfg)
+        if not force:  # a forced run removes the checkpoints
+            check_resume("dpo", checkpoint_root(cfg, d, list(p.inputs)))
 
     return run_stage(cfg, p, preflight=check, force=force,
                      body=lambda out: _body(cfg, out, list(p.inputs), force, resolved["model"], resolved["data"]))

@@ -48,6 +48,50 @@ def clear_checkpoints(root: str) -> None:
     remove(root)
 
 
+def check_resume(kind: str, root: str) -> None:
+    """The checkpoint a re-run would resume from, looked at on the driver before any worker starts:
+    Ray Train's run snapshot (`run/checkpoint_manager_snapshot.json`) readable and every checkpoint
+    it lists there, and in the latest one DeepSpeed's `latest` tag naming a step folder whose `.pt`
+    states are whole zip archives (a copy that stopped, a full disk). Unchecked, each worker, and each
+    of its restarts, fails loading it with a traceback. Reads only the files' ends."""
+    import zipfile
+
+    from hsdpo.model import first_line
+
+    fs, base = _fs(join(root, "run"))
+    snap = f"{base}/checkpoint_manager_snapshot.json"
+    if not fs.exists(snap):
+        return
+    fix = f"; re-run with --force to train from the start (it removes {root})"
+    try:
+        state = json.loads(fs.cat_file(snap))
+        names = [r["checkpoint_dir_name"] for r in state.get("checkpoint_results") or []]
+        latest = (state.get("latest_checkpoint_result") or {}).get("checkpoint_dir_name")
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"{kind}: the run snapshot {snap} does not read ({first_line(err)}){fix}") from None
+    for name in names + ([latest] if latest else []):
+        if not fs.isdir(f"{base}/{name}"):
+            raise InputError(f"{kind}: checkpoint {base}/{name}, which the run snapshot lists, is gone{fix}")
+    if not latest:
+        return
+    ckpt = f"{base}/{latest}"
+    bad = f"{kind}: the checkpoint to resume from, {ckpt},"
+    if not fs.exists(f"{ckpt}/latest"):
+        raise InputError(f"{bad} has no 'latest' file (the tag of DeepSpeed's states){fix}")
+    tag = fs.cat_file(f"{ckpt}/latest").decode(errors="replace").strip()
+    if not tag or not fs.isdir(f"{ckpt}/{tag}"):
+        raise InputError(f"{bad} names {tag!r} in its 'latest' file and has no such folder{fix}")
+    states = sorted(f for f in fs.ls(f"{ckpt}/{tag}", detail=False) if f.endswith(".pt"))
+    if not states:
+        raise InputError(f"{bad} holds no DeepSpeed states (.pt) in {tag}/{fix}")
+    for f in states:
+        with fs.open(f, "rb") as fh:
+            whole = zipfile.is_zipfile(fh)
+        if not whole:
+            raise InputError(f"{bad} has {tag}/{posixpath.basename(f)} cut short ({fs.size(f)} bytes, not a whole"
+                             f" torch archive){fix}")
+
+
 def split_heldout(kind: str, t: TrainConfig, rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
     """(training rows, held-out rows): a problem is held out when a hash of its `problem_id` (a row
     without one: its `pair_id`) falls under `t.eval_fraction`, the same on every run and machine,

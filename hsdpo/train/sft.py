@@ -24,8 +24,8 @@ from hsdpo.prompts import format_completion, format_prompt
 from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult, join, local_dir
 from hsdpo.stage import read_rows, run_stage, write_rejects
-from hsdpo.train.launch import (check_tokenizer, checkpoint_root, clear_checkpoints, fit, preflight, split_heldout,
-                                summary)
+from hsdpo.train.launch import (check_resume, check_tokenizer, checkpoint_root, clear_checkpoints, fit, preflight,
+                                split_heldout, summary)
 
 
 def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -126,6 +126,8 @@ def run_sft(cfg: PipelineConfig, force: bool = False) -> StageResult:
     def check() -> None:
         _preflight(cfg)
         data.append(training_rows(cfg))
+        if not force:  # a forced run removes the checkpoints
+            check_resume("sft", checkpoint_root(cfg, cfg.sft, list(p.inputs)))
 
     return run_stage(cfg, p, preflight=check, force=force,
                      body=lambda out: _body(cfg, out, list(p.inputs), force, data[0]))

@@ -819,6 +819,7 @@ def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
     the raise-once-and-resume of a run that keeps its workers: the LoRA SFT test."""
     from transformers import AutoModelForCausalLM
 
+    from hsdpo.config import InputError
     from hsdpo.train.dpo import run_dpo
 
     out = f"dpo_c{zero}"
@@ -829,6 +830,16 @@ def test_checkpoint_from_two_workers_resumes_with_one(run, run_a, zero):
         run_dpo(crash)
     assert RunDir(crash.run_dir).manifest(out) is None
     rerun = with_overrides(run[0], [f"dpo.output={out}", f"dpo.zero_stage={zero}", "dpo.micro_batch_size=2", *extra])
+    # a state file of the checkpoint cut short (a copy that stopped) is one line before any worker
+    # starts, the checkpoint kept; it used to fail every worker loading it
+    (state,) = Path(rerun.run_dir, "_checkpoints", out).glob("*/run/checkpoint_2*/step2/zero_pp_rank_1_*optim_states.pt")
+    whole = state.read_bytes()
+    state.write_bytes(whole[:len(whole) // 2])
+    with pytest.raises(InputError, match=rf"^dpo: the checkpoint to resume from, {state.parents[1]}, has step2/{state.name}"
+                       rf" cut short \({len(whole) // 2} bytes, not a whole torch archive\); re-run with --force to"
+                       rf" train from the start \(it removes {state.parents[3]}\)$"):
+        run_dpo(rerun)
+    state.write_bytes(whole)
     run_dpo(rerun)
     hist = _history(rerun, out)
     assert [h["workers"] for h in hist] == [2, 2, 1, 1]  # steps 1-2 come from the 2-worker checkpoint
