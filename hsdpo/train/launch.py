@@ -285,11 +285,13 @@ def _light_copy(path: str):
 
 def preflight(kind: str, t: TrainConfig) -> None:
     """What fails a training run before any worker starts: a missing logger package, a batch that does
-    not split over the workers, a worker group larger than a local Ray."""
+    not split over the workers, extra DeepSpeed settings DeepSpeed refuses or does not know, a worker
+    group larger than a local Ray."""
+    from hsdpo.train.strategy import check_ds_config
     from hsdpo.train.worker import check_batching
 
     check_loggers(kind, t)
-    check_batching(kind, t, t.num_workers)
+    check_ds_config(kind, t, check_batching(kind, t, t.num_workers))
     check_resources(kind, t)
 
 

@@ -130,6 +130,58 @@ def ds_config(t: TrainConfig, micro_batch: int, accum: int) -> dict[str, Any]:
     return deep_merge(cfg, t.deepspeed)
 
 
+def check_ds_config(kind: str, t: TrainConfig, accum: int) -> None:
+    """The merged DeepSpeed config read by DeepSpeed itself on the driver, so that what `deepspeed`
+    passes through fails there on one line and not in every worker: a section DeepSpeed validates
+    (`zero_optimization.bogus`, a bucket size that is not a number) and a top-level key it never
+    reads (`bogsu`: DeepSpeed ignores it silently). The keys it reads are the ones it asks its
+    config dict for while parsing it."""
+    from deepspeed.runtime.config import DeepSpeedConfig
+
+    from hsdpo.config import ConfigError
+
+    read: set[str] = set()
+
+    class Keys(set):
+        def __contains__(self, key) -> bool:
+            read.add(key)
+            return super().__contains__(key)
+
+    class Seen(dict):
+        def get(self, key, *default):
+            read.add(key)
+            return super().get(key, *default)
+
+        def __getitem__(self, key):
+            read.add(key)
+            return super().__getitem__(key)
+
+        def __contains__(self, key) -> bool:
+            read.add(key)
+            return super().__contains__(key)
+
+        def keys(self):
+            return Keys(super().keys())
+
+    try:
+        DeepSpeedConfig(Seen(ds_config(t, t.micro_batch_size, accum)))
+    except Exception as err:  # noqa: BLE001 -- pydantic's ValidationError, DeepSpeed's asserts and TypeErrors
+        errors = getattr(err, "errors", None)
+        if callable(errors) and errors():
+            e = errors()[0]
+            where = ".".join(str(x) for x in e.get("loc", ()))
+            why = f"{type(err).__name__} in {getattr(err, 'title', 'a section')}: {where}: {e.get('msg')}"
+        else:
+            why = f"{type(err).__name__}: " + (str(err).strip().splitlines() or [""])[0]
+        raise ConfigError(f"{kind}.deepspeed: DeepSpeed refuses the merged config ({why})") from None
+    unknown = sorted(k for k in t.deepspeed if k not in read)
+    if unknown:
+        import deepspeed
+
+        raise ConfigError(f"{kind}.deepspeed.{unknown[0]}: DeepSpeed {deepspeed.__version__} reads no such key"
+                          " (it would be ignored); see its config documentation")
+
+
 def fused_clip(t: TrainConfig) -> bool:
     """Whether gradient norm, clipping and the inf/NaN skip run in the fused AdamW (module docstring)."""
     return t.fused_clip and t.zero_stage == 2 and not t.offload

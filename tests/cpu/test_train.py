@@ -16,6 +16,7 @@ plain process that raises at step 3 and resumes from its checkpoint: PLAIN_WORKE
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import math
 import tempfile
@@ -995,6 +996,12 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_pro
      " flash_attention_2 runs on GPUs only; set use_gpu=true or use sdpa"),
     (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
      " set dpo.use_gpu=false, or join a cluster (ray.address)"),
+    # what passes through to DeepSpeed is read by DeepSpeed on the driver: it used to fail in each
+    # worker (a section it validates) or be ignored without a word (a key it does not read)
+    (["dpo.deepspeed.zero_optimization.reduce_bucket_sise=1000"], "hsdpo: dpo.deepspeed: DeepSpeed refuses the merged"
+     " config (ValidationError in DeepSpeedZeroConfig: reduce_bucket_sise: Extra inputs are not permitted)"),
+    (["dpo.deepspeed.gradient_acumulation_steps=2"], "hsdpo: dpo.deepspeed.gradient_acumulation_steps: DeepSpeed"
+     f" {importlib.metadata.version('deepspeed')} reads no such key (it would be ignored); see its config documentation"),
 ])
 def test_bad_training_settings_fail_on_one_line_before_any_worker(run, run_a, tmp_path, capsys, overrides, message):
     """Refused before the stage folder is emptied: a re-run of `dpo_a` with a bad setting keeps the
