@@ -25,7 +25,7 @@ from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult
 from hsdpo.stage import flag, read_rows, run_stage, write_rejects
 from hsdpo.train.launch import (check_resume, check_tokenizer, checkpoint_root, clear_checkpoints, fit, preflight,
-                                split_heldout, summary)
+                                rejected_note, split_heldout, summary)
 
 NEEDED = ("pair_id", "prompt", "chosen", "rejected", "weight", "ref_chosen_logp", "ref_rejected_logp")
 TEXT = ("prompt", "chosen", "rejected")
@@ -71,21 +71,13 @@ def dpo_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, 
     return kept, rejects
 
 
-def _counts(rejects: list[dict[str, Any]]) -> str:
-    counts: dict[str, int] = {}
-    for r in rejects:
-        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
-    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
-
-
 def training_rows(cfg: PipelineConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """(training pairs, held-out pairs, rejects); read in the preflight, so that no usable pair, training
     pairs that all weigh 0, or an `eval_fraction` that leaves a side empty is a one-line error before the
     stage folder is emptied."""
     rows, rejects = dpo_rows(cfg)
     if not rows:
-        why = f" ({len(rejects)} rejected: {_counts(rejects)})" if rejects else ""
-        raise InputError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}{why}")
+        raise InputError(f"dpo: no usable pairs in {cfg.dpo.pairs_from!r}{rejected_note(rejects)}")
     train, heldout = split_heldout("dpo", cfg.dpo, rows)
     if cfg.dpo.weighting == "verifier" and not any(float(r["weight"]) for r in train):
         raise InputError(f"dpo: every training pair in {cfg.dpo.pairs_from!r} has weight 0: every step would be a"

@@ -92,6 +92,15 @@ def check_resume(kind: str, root: str) -> None:
                              f" torch archive){fix}")
 
 
+def rejected_note(rejects: list[dict[str, Any]]) -> str:
+    """' (5 rejected: empty_completion 1, ...)' for an error that no row is left; '' for none."""
+    counts: dict[str, int] = {}
+    for r in rejects:
+        counts[r["reason"]] = counts.get(r["reason"], 0) + 1
+    listed = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+    return f" ({len(rejects)} rejected: {listed})" if rejects else ""
+
+
 def split_heldout(kind: str, t: TrainConfig, rows: list[dict[str, Any]]) -> tuple[list[dict], list[dict]]:
     """(training rows, held-out rows): a problem is held out when a hash of its `problem_id` (a row
     without one: its `pair_id`) falls under `t.eval_fraction`, the same on every run and machine,

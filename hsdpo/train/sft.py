@@ -25,7 +25,7 @@ from hsdpo.rayutil import init_ray
 from hsdpo.rundir import RunDir, StageResult, join, local_dir
 from hsdpo.stage import read_rows, run_stage, write_rejects
 from hsdpo.train.launch import (check_resume, check_tokenizer, checkpoint_root, clear_checkpoints, fit, preflight,
-                                split_heldout, summary)
+                                rejected_note, split_heldout, summary)
 
 
 def sft_rows(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -85,7 +85,7 @@ def training_rows(cfg: PipelineConfig) -> tuple[list[dict], list[dict], list[dic
     `eval_fraction` that leaves a side empty is a one-line error before the stage folder is emptied."""
     rows, rejects = sft_rows(cfg)
     if not rows:
-        raise InputError(f"sft: no training rows from {cfg.sft.data_from!r}")
+        raise InputError(f"sft: no training rows from {cfg.sft.data_from!r}{rejected_note(rejects)}")
     return (*split_heldout("sft", cfg.sft, rows), rejects)
 
 

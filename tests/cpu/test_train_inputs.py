@@ -111,7 +111,7 @@ def test_no_usable_pairs_names_the_rejects_and_all_zero_weights_is_refused(tmp_p
 
 
 def test_sft_rows_from_a_pairs_table_count_rows_without_text(tmp_path):
-    from hsdpo.train.sft import sft_rows
+    from hsdpo.train.sft import sft_rows, training_rows
 
     cfg = _cfg(tmp_path)
     rd = RunDir(cfg.run_dir)
@@ -124,6 +124,11 @@ def test_sft_rows_from_a_pairs_table_count_rows_without_text(tmp_path):
     assert sorted((r["row"], r["reason"]) for r in rejects) == [("b", "missing_prompt"), ("c", "empty_chosen")]
     write_rows([{"pair_id": "e", "prompt": "Q: 5?", "chosen": 5}], rd.path("typed", "a.parquet"))  # a number chosen
     assert sft_rows(with_overrides(cfg, ["sft.data_from=typed"])) == ([], [{"reason": "not_text", "row": "e"}])
+    write_rows([{"pair_id": "b", "prompt": None, "chosen": "2"}, {"pair_id": "c", "prompt": "Q: 3?", "chosen": " "}],
+               rd.path("none_usable", "a.parquet"))
+    with pytest.raises(InputError, match=r"^sft: no training rows from 'none_usable' \(2 rejected: empty_chosen 1,"
+                       r" missing_prompt 1\)$"):
+        training_rows(with_overrides(cfg, ["sft.data_from=none_usable"]))
 
 
 # ---- the tokenised table and the losses -----------------------------------------------------------
