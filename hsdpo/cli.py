@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -101,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    for arg in argv:  # Python keeps undecodable bytes as surrogates; Ray's init fails encoding them
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            print(f"hsdpo: argument {os.fsencode(arg)!r} is not UTF-8 text; give paths and values in UTF-8",
+                  file=sys.stderr)
+            return 2
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
@@ -125,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as err:
         print(f"hsdpo: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a stage puts its previous output back on the way out (run_stage)
+        print("hsdpo: interrupted; run the command again to go on (a training stage resumes from its latest"
+              " checkpoint)", file=sys.stderr)
+        return 130
     return 0
 
 

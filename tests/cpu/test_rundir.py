@@ -296,6 +296,43 @@ def test_an_output_that_is_another_stages_folder_is_refused_and_that_folder_kept
     assert RunDir(str(run)).manifest("problems")["rows"]["problems"] == 5
 
 
+def test_ctrl_c_during_a_stage_is_one_line_and_puts_the_previous_output_back(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from hsdpo.data.stage import run_data
+    from hsdpo.rundir import RunDir
+
+    run = tmp_path / "run"
+    run_data(_synthetic(str(run)))
+    before = RunDir(str(run)).manifest("problems")
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"run_dir: {run}\ndata: {{sources: [{{name: synthetic, synthetic: {{num_problems: 300000}}}}]}}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "hsdpo.cli", "data", str(recipe)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    lock, t0 = run / "_locks" / "problems.json", time.monotonic()
+    while not lock.exists() and proc.poll() is None and time.monotonic() - t0 < 60:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == ("hsdpo: interrupted; run the command again to go on (a training stage"
+                                            " resumes from its latest checkpoint)")
+    assert RunDir(str(run)).manifest("problems") == before and not lock.exists()
+
+
+def test_an_argument_that_is_not_utf8_is_one_line_before_anything_runs(tmp_path, capsys):
+    from hsdpo.cli import main
+
+    # Python keeps the byte as a surrogate; Ray's init failed encoding the command line
+    assert main(["data", str(tmp_path / "none.yaml"), f"run_dir={tmp_path}/r\udcff"]) == 2
+    assert capsys.readouterr().err.strip() == (f"hsdpo: argument {f'run_dir={tmp_path}/r'.encode() + bytes([255])!r}"
+                                               " is not UTF-8 text; give paths and values in UTF-8")
+    assert not (tmp_path / "r\udcff").exists()
+
+
 def _lock_file(run: Path, holder: dict) -> Path:
     import json
 
