@@ -11,6 +11,8 @@ import json
 import os
 
 import pytest
+import torch
+from safetensors.torch import save_file
 
 import hsdpo.eval.stage as eval_stage
 from hsdpo.config import config_from_dict, with_overrides
@@ -47,6 +49,7 @@ def fake_model_stage(rd: RunDir, output: str, stage: str, margins: list[float] =
     os.makedirs(os.path.join(out, "model"))
     with open(os.path.join(out, "model", "config.json"), "w") as f:
         f.write("{}")
+    save_file({"w": torch.zeros(2)}, os.path.join(out, "model", "model.safetensors"))  # the driver reads its header
     with open(os.path.join(out, "metrics.jsonl"), "w") as f:
         for step, m in enumerate(margins):
             f.write(json.dumps({"step": step, "loss": 0.6, "reward_margin": m}) + "\n")
