@@ -13,6 +13,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q $(TORCH_SPEC)
 	$(PY) -m pip install -q -e ".[test]"
+	# DeepSpeed's CPU Adam (ZeRO-Offload) is a C++ op compiled on first use, into a cache whose build
+	# file names this venv's paths: build it here, once per venv, rather than inside a training run.
+	# Without a C++ compiler this only warns; offload then compiles (or fails) when first used.
+	$(PY) -c "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load(verbose=False)" \
+		|| echo "note: DeepSpeed's CPU Adam was not built; dpo.offload=true compiles it on first use"
 	touch $@
 
 install: $(VENV)/.installed
