@@ -59,6 +59,7 @@ class TrainConfig(StrictModel):
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto = bf16 on GPU, fp32 on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (saves memory)")
     compile: bool = Field(False, description="torch.compile each decoder layer (torchtune style) and the LM-head log-softmax chunk; the first steps pay the compile; ZeRO-2 only")
+    compile_backend: Literal["inductor", "cudagraphs", "aot_eager"] = Field("inductor", description="torch.compile backend with compile=true: inductor generates fused kernels; aot_eager captures the same forward and backward graphs and runs them eagerly (no codegen, for debugging a graph break or a numerical difference)")
     coalesce_grad_reduction: bool = Field(True, description="one rank, one micro-batch a step, ZeRO-2: reduce gradients in one pass after backward (DeepSpeed's coalesce_grad_reduction) instead of a hook a parameter during it; ignored elsewhere")
     fused_clip: bool = Field(True, description="ZeRO-2 without offload: gradient norm, clipping and the inf/NaN step skip run on the device in the fused AdamW over ZeRO's flat fp32 partition, instead of DeepSpeed's per-parameter norm and overflow checks (thousands of small kernels and four device reads a step); ignored elsewhere")
     deepspeed: dict[str, Any] = Field(

@@ -27,7 +27,7 @@ from hsdpo.train.config import TrainConfig
 # fields that do not change what is learned (world size and micro-batching are invariant by design);
 # fused_clip stays in the key: DeepSpeed's checkpoint carries its clipping setting, and a load across
 # the two settings fails (compute_grad_norm=false) or turns clipping off (its clip_grad is restored)
-TOPOLOGY = {"num_workers", "cpus_per_worker", "micro_batch_size", "use_gpu", "compile", "checkpoint_every", "keep_checkpoints", "max_failures",
+TOPOLOGY = {"num_workers", "cpus_per_worker", "micro_batch_size", "use_gpu", "compile", "compile_backend", "checkpoint_every", "keep_checkpoints", "max_failures",
             "fail_at_step", "log_every", "report_interval_s", "tensorboard", "wandb_project", "output", "logp_chunk", "logp_recompute",
             "coalesce_grad_reduction", "eval_every"}
 

@@ -328,12 +328,12 @@ class LogpModel(torch.nn.Module):
     """What DeepSpeed wraps: forward returns sequence log-probs, so every parameter access goes
     through module calls (ZeRO-3 gathers on them) and the engine owns the whole computation."""
 
-    def __init__(self, model: torch.nn.Module, chunk: int, compile_chunks: bool = False, recompute: bool = True):
+    def __init__(self, model: torch.nn.Module, chunk: int, compile_backend: str | None = None, recompute: bool = True):
         super().__init__()
         self.model = model
         self.chunk = chunk
         self.recompute = recompute
-        self.chunk_fn = torch.compile(_chunk_logps) if compile_chunks else _chunk_logps
+        self.chunk_fn = torch.compile(_chunk_logps, backend=compile_backend) if compile_backend else _chunk_logps
 
     def forward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, scored: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, owner: torch.Tensor | None = None,

@@ -178,9 +178,10 @@ def build_policy(spec: dict[str, Any], t: TrainConfig, model=None) -> torch.nn.M
     if t.compile:
         # each layer, and (LogpModel) the LM head + log-softmax chunk; sequence lengths vary, so shapes go dynamic
         for layer in split_model(model)[0].layers:
-            layer.compile()
+            layer.compile(backend=t.compile_backend)
     model.train()
-    return LogpModel(model, t.logp_chunk, compile_chunks=t.compile, recompute=t.logp_recompute)
+    return LogpModel(model, t.logp_chunk, compile_backend=t.compile_backend if t.compile else None,
+                     recompute=t.logp_recompute)
 
 
 # ---- steps ---------------------------------------------------------------------------------------
