@@ -160,7 +160,7 @@ def test_a_stage_runs_unchanged_as_a_ray_job(ray_head, tmp_path):
     assert "rows: problems" in proc.stdout  # the stage's closing table reaches the submitter
 
 
-SMOKE_MODELS = ("sft", "rft", "weighted_dpo")
+SMOKE_MODELS = ("sft", "weighted_dpo")
 MODEL_KEYS = {"accuracy", "n", "correct", "missing", "by_source", "by_steps", "near_miss", "error_profile", "path"}
 
 
@@ -194,8 +194,8 @@ def test_the_smoke_pipeline_runs_as_one_ray_job(ray_head, tmp_path):
     assert all(f"| {name} |" in report for name in SMOKE_MODELS)
 
     manifests = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
-    assert {"problems", "sft", "samples", "pairs", "ref_logps", "weighted_dpo", "rft", "eval"} <= set(manifests)
-    for stage in ("sft", "weighted_dpo", "rft"):  # models and logs reached the run dir
+    assert {"problems", "sft", "samples", "pairs", "ref_logps", "weighted_dpo", "eval"} <= set(manifests)
+    for stage in ("sft", "weighted_dpo"):  # models and logs reached the run dir
         assert (run_dir / stage / "model" / "model.safetensors").exists() and (run_dir / stage / "metrics.jsonl").exists()
     proc = submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={uri}"], timeout=300)
     again = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
