@@ -7,6 +7,13 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """An exception as it goes inside a one-line error: its type and the first line of its message
+    (cut at `limit` characters); the type alone when the message is empty."""
+    first = (str(err).strip().splitlines() or [""])[0][:limit]
+    return f"{type(err).__name__}: {first}" if first else type(err).__name__
+
+
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}  # protocol -> hsdpo extra with its fsspec driver
 
 

@@ -12,7 +12,7 @@ from typing import Iterable, Literal
 
 from pydantic import Field
 
-from hsdpo.configbase import StrictModel
+from hsdpo.configbase import StrictModel, first_line
 from hsdpo.prompts import Template
 
 EOS = "<|endoftext|>"
@@ -174,10 +174,6 @@ def _check_safetensors(fs, file: str, path: str) -> None:
             raise InputError(f"{bad} not a safetensors file ({first_line(err)})") from None
     if 8 + n + end > size:
         raise InputError(f"{bad} cut short: {size} bytes of {8 + n + end}; copy or export it again")
-
-
-def first_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: " + (str(err).strip().splitlines() or [""])[0]
 
 
 def resolve_model_path(run_dir: str, ref: str) -> str:

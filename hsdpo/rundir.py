@@ -343,9 +343,10 @@ class RunDir:
     def record_failure(self, output: str, err: BaseException) -> None:
         """`<output>/_failure.json` in a failed run's folder (moved with it to `_failed/` when the
         previous output is put back): the error's type and first line, when, and the command."""
-        first = (str(err).strip().splitlines() or [""])[0][:500]
+        from hsdpo.configbase import first_line
+
         write_json_atomic(self.path(output, FAILURE), {
-            "error": f"{type(err).__name__}: {first}" if first else type(err).__name__,
+            "error": first_line(err, 500),
             "failed_at": time.time(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:300]})
 
     def last_failure(self, output: str) -> dict[str, Any] | None:

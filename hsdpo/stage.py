@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from hsdpo.config import ConfigError, InputError, PipelineConfig, dump_config
+from hsdpo.configbase import first_line
 from hsdpo.plan import Plan, check_plan
 from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
 from hsdpo.verifier.config import VERIFIER_VERSION
@@ -156,8 +157,7 @@ def read_parquet(file: str, schema_only: bool = False) -> pa.Table | pa.Schema:
         with fs.open(p, "rb") as fh:
             return pq.read_schema(fh) if schema_only else pq.read_table(fh)
     except (pa.ArrowInvalid, OSError) as err:
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise InputError(f"{file}: not a readable Parquet file ({type(err).__name__}: {first}); re-run the stage"
+        raise InputError(f"{file}: not a readable Parquet file ({first_line(err, 200)}); re-run the stage"
                          " that wrote it (with --force) or remove the file") from None
 
 
@@ -170,9 +170,8 @@ def read_table(folder: str) -> pa.Table | None:
     try:
         return pa.concat_tables(tables, promote_options="default")
     except (pa.ArrowTypeError, pa.ArrowInvalid) as err:  # one file's column a string, another's a number
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise InputError(f"{folder}: its Parquet files disagree on a column's type ({first}); give every file"
-                         " the same schema") from None
+        raise InputError(f"{folder}: its Parquet files disagree on a column's type ({first_line(err, 200)});"
+                         " give every file the same schema") from None
 
 
 def read_rows(folder: str) -> list[dict[str, Any]]:

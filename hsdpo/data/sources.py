@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import fsspec
 
 from hsdpo.config import InputError
+from hsdpo.configbase import first_line
 from hsdpo.data.config import SourceConfig
 from hsdpo.data.synthetic import generate
 from hsdpo.verifier.answers import extract_answer
@@ -76,9 +77,8 @@ def read_hub(src: SourceConfig) -> Iterator[dict[str, Any]]:
     try:
         ds = load_dataset(hub_id, HUB_CONFIGS.get(hub_id), split=src.hub_split)
     except Exception as err:  # noqa: BLE001 -- offline, unknown dataset or split, gated
-        first = (str(err).strip().splitlines() or [""])[0]
         raise InputError(f"data source {src.name}: hub dataset {hub_id} (split {src.hub_split}) cannot be loaded"
-                         f" ({type(err).__name__}: {first:.200}); a local copy goes in its path") from None
+                         f" ({first_line(err, 200)}); a local copy goes in its path") from None
     yield from ds
 
 

@@ -56,7 +56,7 @@ def check_resume(kind: str, root: str) -> None:
     of its restarts, fails loading it with a traceback. Reads only the files' ends."""
     import zipfile
 
-    from hsdpo.model import first_line
+    from hsdpo.configbase import first_line
 
     fs, base = _fs(join(root, "run"))
     snap = f"{base}/checkpoint_manager_snapshot.json"
@@ -232,7 +232,8 @@ def check_tokenizer(kind: str, tokenizer_path: str, model_path: str, trust_remot
     or one with token ids the model has no embedding for (its vocabulary larger than `vocab_size`)."""
     from transformers import AutoConfig
 
-    from hsdpo.model import first_line, load_tokenizer
+    from hsdpo.configbase import first_line
+    from hsdpo.model import load_tokenizer
 
     with contextlib.ExitStack() as stack:
         model_dir = stack.enter_context(_light_copy(model_path))

@@ -139,6 +139,7 @@ def check_ds_config(kind: str, t: TrainConfig, accum: int) -> None:
     from deepspeed.runtime.config import DeepSpeedConfig
 
     from hsdpo.config import ConfigError
+    from hsdpo.configbase import first_line
 
     read: set[str] = set()
 
@@ -172,7 +173,7 @@ def check_ds_config(kind: str, t: TrainConfig, accum: int) -> None:
             where = ".".join(str(x) for x in e.get("loc", ()))
             why = f"{type(err).__name__} in {getattr(err, 'title', 'a section')}: {where}: {e.get('msg')}"
         else:
-            why = f"{type(err).__name__}: " + (str(err).strip().splitlines() or [""])[0]
+            why = first_line(err)
         raise ConfigError(f"{kind}.deepspeed: DeepSpeed refuses the merged config ({why})") from None
     unknown = sorted(k for k in t.deepspeed if k not in read)
     if unknown:
