@@ -142,6 +142,8 @@ class TrainConfig(StrictModel):
                              " (or a hub kernel org/repo)")
         if attn.startswith("flash_attention") and not self.use_gpu:
             raise ValueError(f"attn_implementation {attn} runs on GPUs only; set use_gpu=true or use sdpa")
+        if self.compile and self.compile_backend == "cudagraphs" and not self.use_gpu:
+            raise ValueError("compile_backend cudagraphs runs on GPUs only; set use_gpu=true or use inductor")
         if self.eval_every and not self.eval_fraction:
             raise ValueError("eval_every needs eval_fraction > 0 (the held-out share of problems)")
         return self

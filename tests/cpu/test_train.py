@@ -999,6 +999,10 @@ def test_lora_sft_resumes_on_two_workers_after_a_failure_and_scores_held_out_pro
     (["dpo.eval_fraction=0.01"], "hsdpo: dpo.eval_fraction 0.01 holds out no problem of 8; raise it or set it to 0"),
     (["dpo.attn_implementation=flash_attention_2"], "hsdpo: bad config value at dpo: Value error, attn_implementation"
      " flash_attention_2 runs on GPUs only; set use_gpu=true or use sdpa"),
+    (["dpo.compile=true", "dpo.compile_backend=cudagraphs"], "hsdpo: bad config value at dpo: Value error,"
+     " compile_backend cudagraphs runs on GPUs only; set use_gpu=true or use inductor"),
+    (["dpo.compile_backend=tvm"], "hsdpo: bad config value at dpo.compile_backend: Input should be 'inductor',"
+     " 'cudagraphs' or 'aot_eager' (got 'tvm')"),
     (["dpo.use_gpu=true"], "hsdpo: dpo.use_gpu: 1 worker needs 1 GPU and this local Ray has 0; lower dpo.num_workers,"
      " set dpo.use_gpu=false, or join a cluster (ray.address)"),
     # what passes through to DeepSpeed is read by DeepSpeed on the driver: it used to fail in each
