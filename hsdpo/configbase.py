@@ -1,4 +1,5 @@
-"""Base class for every config model: strict (unknown keys are errors), typed, validated."""
+"""Base class for every config model: strict (unknown keys are errors), typed, validated; and
+`first_line`, how an exception reads inside a one-line config or input error."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import typing
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
+
 
 def first_line(err: BaseException, limit: int | None = None) -> str:
     """An exception as it goes inside a one-line error: its type and the first line of its message
