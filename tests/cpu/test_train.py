@@ -6,7 +6,7 @@ few steps of 8 pairs x <= 64 tokens.
     run C: 2 workers x micro 2 x accum 2 crash at step 3 (no retries); the stage re-run with
            1 worker, micro 2 x accum 4, resumes from their checkpoint (DeepSpeed universal
            checkpoint); once with ZeRO-2 and CPU offload (DeepSpeed's CPU Adam), once with ZeRO-3 -- = A
-    run D: as A with torch.compile'd decoder layers, a DeepSpeed extra (tiny buckets) and
+    run D: as A with torch.compile'd decoder layers (aot_eager), packing, a DeepSpeed extra (tiny buckets) and
            TensorBoard events                                                                -- = A
 
 A worker that raises once and is restarted by FailureConfig, keeping its worker count: the LoRA SFT
