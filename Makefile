@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	# file names this venv's paths: build it here, once per venv, rather than inside a training run.
 	# Without a C++ compiler this only warns; offload then compiles (or fails) when first used.
 	$(PY) -c "from deepspeed.ops.op_builder import CPUAdamBuilder; CPUAdamBuilder().load(verbose=False)" \
-		|| echo "note: DeepSpeed's CPU Adam was not built; dpo.offload=true compiles it on first use"
+		|| echo "note: DeepSpeed's CPU Adam was not built; a run with offload=true compiles it on first use"
 	touch $@
 
 install: $(VENV)/.installed
