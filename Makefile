@@ -6,6 +6,11 @@ PY     := $(VENV)/bin/python
 # CPU wheel on this project's build machines; elsewhere pip picks the platform's default build.
 # Override for another build, e.g. `make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"`.
 TORCH_SPEC ?= torch==2.13.0
+# The tests run in this many pytest processes (pytest-xdist), each test file whole in one of them
+# (its module fixtures built once) and each process with a local Ray of its own; a single process
+# leaves one of two cores idle while Ray starts workers and they import torch. `make test TEST_WORKERS=1`
+# runs them one after another.
+TEST_WORKERS ?= 2
 
 .PHONY: demo test install install-test clean
 
@@ -26,7 +31,7 @@ demo: install
 	$(VENV)/bin/hsdpo demo
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

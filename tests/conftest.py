@@ -1,4 +1,5 @@
-"""Shared fixtures: one real local Ray for the whole session, paths to the shared real data."""
+"""Shared fixtures: one real local Ray for the whole session (of each pytest-xdist worker), paths to
+the shared real data; the order test files run in."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ def data_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """A real local Ray shared by every test that needs one (4 logical CPUs on 2 cores, so
-    trainers, samplers and verifiers can be scheduled together)."""
+    """A real local Ray shared by every test of this process that needs one (4 logical CPUs on 2
+    cores, so trainers, samplers and verifiers can be scheduled together). Under `make test` each of
+    its pytest processes starts its own."""
     import ray
 
     if not ray.is_initialized():
@@ -48,3 +50,15 @@ def tiny_model_dir(tmp_path_factory, data_dir) -> Path:
     tok = build_tokenizer(corpus, out)
     build_model("micro", tok, max_position_embeddings=512).save_pretrained(out)
     return out
+
+
+# Test files, slowest first (on 2 CPU cores test_train.py takes 7-10 minutes, the next three 1.5-4,
+# most others seconds). `make test` hands whole files to its pytest processes in collection order
+# (`--dist loadfile --no-loadscope-reorder`): the longest start first, and the processes finish
+# close together. Within a file the order is its own.
+SLOW_FIRST = ("test_train.py", "test_cluster_jobs.py", "test_rundir.py", "test_sampling.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: in-file order kept
