@@ -62,12 +62,12 @@ def _text(value: Any) -> bool:
     return isinstance(value, str) and bool(value.strip())
 
 
-def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str) -> tuple[str, str]:
-    """(model path, tokenizer path) the workers load."""
-    s, m = cfg.sft, cfg.model
-    if s.init_from:
-        path = resolve_model_path(cfg.run_dir, s.init_from)
-        return path, path
+def initial_model(cfg: PipelineConfig, rows: list[dict[str, Any]], out: str, init_path: str | None) -> tuple[str, str]:
+    """(model path, tokenizer path) the workers load; `init_path`: `sft.init_from` as the preflight
+    resolved and checked it."""
+    m = cfg.model
+    if init_path:
+        return init_path, init_path
     if m.name_or_path:
         return m.name_or_path, m.tokenizer or m.name_or_path
     from hsdpo.model import build_model, build_tokenizer
@@ -90,9 +90,9 @@ def training_rows(cfg: PipelineConfig) -> tuple[list[dict], list[dict], list[dic
 
 
 def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool,
-          data: tuple[list[dict], list[dict], list[dict]]) -> StageResult:
+          data: tuple[list[dict], list[dict], list[dict]], init_path: str | None) -> StageResult:
     rows, heldout, rejects = data
-    model_path, tok_path = initial_model(cfg, rows, out)  # a tokenizer built here sees the training rows only
+    model_path, tok_path = initial_model(cfg, rows, out, init_path)  # a tokenizer built here sees the training rows only
     root = checkpoint_root(cfg, cfg.sft, inputs)
     if force:
         clear_checkpoints(root)
@@ -105,8 +105,10 @@ def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool,
                        rejects=write_rejects(out, rejects), metrics=metrics)
 
 
-def _preflight(cfg: PipelineConfig) -> None:
+def _preflight(cfg: PipelineConfig) -> str | None:
+    """The checks before the stage folder is emptied; returns `sft.init_from` resolved (or None)."""
     m = cfg.sft.init_from is None and cfg.model
+    path = None
     if m and m.name_or_path:
         check_model_source(m.name_or_path)
         if m.tokenizer:
@@ -117,17 +119,19 @@ def _preflight(cfg: PipelineConfig) -> None:
         check_tokenizer("sft", path, path, cfg.model.trust_remote_code)
     init_ray(cfg.ray)
     preflight("sft", cfg.sft)
+    return path
 
 
 def run_sft(cfg: PipelineConfig, force: bool = False) -> StageResult:
     p = plan(cfg, "sft")
     data: list = []  # by the preflight, once the inputs are known to be there
+    init: list[str | None] = []  # likewise: sft.init_from resolved once, checked, and then loaded
 
     def check() -> None:
-        _preflight(cfg)
+        init.append(_preflight(cfg))
         data.append(training_rows(cfg))
         if not force:  # a forced run removes the checkpoints
             check_resume("sft", checkpoint_root(cfg, cfg.sft, list(p.inputs)))
 
     return run_stage(cfg, p, preflight=check, force=force,
-                     body=lambda out: _body(cfg, out, list(p.inputs), force, data[0]))
+                     body=lambda out: _body(cfg, out, list(p.inputs), force, data[0], init[0]))
