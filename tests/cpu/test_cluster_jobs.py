@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from hsdpo.stage import read_rows
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = shutil.which("ray", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -194,9 +196,11 @@ def test_the_smoke_pipeline_runs_as_one_ray_job(ray_head, tmp_path):
     assert all(f"| {name} |" in report for name in SMOKE_MODELS)
 
     manifests = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
-    assert {"problems", "sft", "samples", "pairs", "ref_logps", "weighted_dpo", "eval"} <= set(manifests)
-    for stage in ("sft", "weighted_dpo"):  # models and logs reached the run dir
+    assert {"problems", "sft", "samples", "pairs", "ref_logps", "weighted_dpo", "rft", "eval"} <= set(manifests)
+    for stage in ("sft", "weighted_dpo", "rft"):  # models and logs reached the run dir
         assert (run_dir / stage / "model" / "model.safetensors").exists() and (run_dir / stage / "metrics.jsonl").exists()
+    rft = json.loads((run_dir / "rft" / "_manifest.json").read_text())  # the RFT control: sft from pairs
+    assert {"pairs", "sft"} <= set(rft["inputs"]) and 0 < rft["rows"]["examples"] <= len(read_rows(str(run_dir / "pairs")))
     proc = submit(ray_head, ["hsdpo", "pipeline", "jobs/smoke.yaml", f"run_dir={uri}"], timeout=300)
     again = {p.parent.name: json.loads(p.read_text())["finished_at"] for p in run_dir.glob("*/_manifest.json")}
     assert again == manifests, (proc.stdout + proc.stderr)[-3000:]  # the second run reuses every stage
