@@ -52,11 +52,11 @@ def tiny_model_dir(tmp_path_factory, data_dir) -> Path:
     return out
 
 
-# Test files, slowest first (on 2 CPU cores test_train.py takes 7-10 minutes, the next three 1.5-4,
+# Test files, slowest first (on 2 CPU cores test_train.py takes 7-10 minutes, the next four 1-4,
 # most others seconds). `make test` hands whole files to its pytest processes in collection order
 # (`--dist loadfile --no-loadscope-reorder`): the longest start first, and the processes finish
 # close together. Within a file the order is its own.
-SLOW_FIRST = ("test_train.py", "test_cluster_jobs.py", "test_rundir.py", "test_sampling.py")
+SLOW_FIRST = ("test_train.py", "test_cluster_jobs.py", "test_rundir.py", "test_sampling.py", "test_train_worker.py")
 
 
 def pytest_collection_modifyitems(config, items):
