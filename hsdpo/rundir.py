@@ -525,26 +525,6 @@ def stage_lock(run_dir: str, output: str) -> Iterator[None]:
     def record() -> bytes:
         return json.dumps({**me, "heartbeat": time.time()}).encode()
 
-    for _ in range(5):
-        if _create(fs, p, record()):
-            break
-        holder = _read_lock(fs, p)
-        if holder is None:  # released between the two calls
-            continue
-        why = _stale(holder, time.time())
-        if why is None:
-            started = holder.get("started")
-            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
-            raise StageBusy(f"{output} in {run_dir} is being written by another run (host {holder.get('host')}, "
-                            f"pid {holder.get('pid')}, since {since}: {holder.get('command', '?')}); wait for it, "
-                            f"or remove {path} if that run is gone (a lock not renewed for {STALE_S:.0f} s is taken over)")
-        print(f"[hsdpo] taking over the lock {path}: {why}", file=sys.stderr, flush=True)
-        if _read_lock(fs, p) == holder:  # not taken over by someone else meanwhile
-            with contextlib.suppress(FileNotFoundError):
-                fs.rm(p)
-    else:
-        raise StageBusy(f"could not take the lock {path}: other runs keep taking it")
-
     stop = threading.Event()
 
     def beat() -> None:
@@ -558,12 +538,34 @@ def stage_lock(run_dir: str, output: str) -> Iterator[None]:
                 print(f"[hsdpo] warning: could not renew the lock {path}: {err}", file=sys.stderr)
 
     thread = threading.Thread(target=beat, name=f"hsdpo-lock-{output}", daemon=True)
-    thread.start()
+    # from the first attempt on: a Ctrl-C that lands just after the lock file is created (inside
+    # _create, or before the heartbeat starts) still removes it; the file says whose it is
     try:
+        for _ in range(5):
+            if _create(fs, p, record()):
+                break
+            holder = _read_lock(fs, p)
+            if holder is None:  # released between the two calls
+                continue
+            why = _stale(holder, time.time())
+            if why is None:
+                started = holder.get("started")
+                since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+                raise StageBusy(f"{output} in {run_dir} is being written by another run (host {holder.get('host')}, "
+                                f"pid {holder.get('pid')}, since {since}: {holder.get('command', '?')}); wait for it, "
+                                f"or remove {path} if that run is gone (a lock not renewed for {STALE_S:.0f} s is taken over)")
+            print(f"[hsdpo] taking over the lock {path}: {why}", file=sys.stderr, flush=True)
+            if _read_lock(fs, p) == holder:  # not taken over by someone else meanwhile
+                with contextlib.suppress(FileNotFoundError):
+                    fs.rm(p)
+        else:
+            raise StageBusy(f"could not take the lock {path}: other runs keep taking it")
+        thread.start()
         yield
     finally:
         stop.set()
-        thread.join()
+        if thread.ident is not None:  # started
+            thread.join()
         with contextlib.suppress(Exception):
             if (_read_lock(fs, p) or {}).get("token") == me["token"]:
                 fs.rm(p)

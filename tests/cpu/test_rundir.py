@@ -270,6 +270,33 @@ def test_a_stage_that_fails_releases_its_lock(tmp_path):
     assert not (tmp_path / "run" / "_locks" / "problems.json").exists()
 
 
+def test_a_ctrl_c_just_after_the_lock_is_created_still_releases_it(tmp_path, monkeypatch):
+    """The interrupt lands inside the create, after the file is in place (the window the Ctrl-C test
+    hits on a loaded machine): the lock is removed on the way out; a busy lock is left to its holder."""
+    from hsdpo import rundir
+
+    create = rundir._create
+
+    def then_interrupted(fs, p, data):
+        assert create(fs, p, data)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rundir, "_create", then_interrupted)
+    lock = tmp_path / "run" / "_locks" / "problems.json"
+    with pytest.raises(KeyboardInterrupt):
+        with rundir.stage_lock(str(tmp_path / "run"), "problems"):
+            pass
+    assert not lock.exists()
+    monkeypatch.setattr(rundir, "_create", create)
+    with rundir.stage_lock(str(tmp_path / "run"), "problems"):
+        held = lock.read_bytes()
+        with pytest.raises(rundir.StageBusy):
+            with rundir.stage_lock(str(tmp_path / "run"), "problems"):
+                pass
+        assert lock.read_bytes() == held  # the refused run leaves the holder's lock
+    assert not lock.exists()
+
+
 def test_an_output_that_is_another_stages_folder_is_refused_and_that_folder_kept(tmp_path):
     from hsdpo.config import ConfigError, with_overrides
     from hsdpo.data.stage import run_data
