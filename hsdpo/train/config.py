@@ -115,6 +115,16 @@ class TrainConfig(StrictModel):
         warmup = math.ceil(self.warmup_ratio * steps) if self.warmup_ratio else self.warmup_steps
         return self.model_copy(update={"steps": steps, "epochs": None, "warmup_steps": warmup, "warmup_ratio": 0.0})
 
+    @field_validator("adam_betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        # torch's AdamW refuses these only inside each worker; DeepSpeed's CPU Adam (offload) takes
+        # them and the weights turn NaN
+        for i, b in enumerate(v):
+            if not 0.0 <= b < 1.0:
+                raise ValueError(f"adam_betas[{i}] is {b:g}; each beta must be in [0, 1)")
+        return v
+
     @field_validator("deepspeed")
     @classmethod
     def _own_keys(cls, v: dict[str, Any]) -> dict[str, Any]:

@@ -57,6 +57,8 @@ def test_no_file_gives_defaults():
         ("", ["sft.deepspeed.zero_optimization.stage=3"], "zero_optimization.stage is set from hsdpo's own fields"),
         ("", ["dpo.compile=true", "dpo.zero_stage=3"], "compile=true needs zero_stage 2"),
         ("", ["sft.eval_every=10"], "eval_every needs eval_fraction > 0"),
+        ("", ["dpo.adam_betas=[0.9, 1.0]"], "bad config value at dpo.adam_betas: Value error, adam_betas[1] is 1;"),
+        ("sft: {adam_betas: [1.5, 0.9]}\n", [], "adam_betas[0] is 1.5; each beta must be in [0, 1)"),
         ("", ["dpo.eval_fraction=1"], "bad config value at dpo.eval_fraction"),
         ("", ["run_dir=foo://bucket/run"], "bad config value at run_dir: Value error, no filesystem is known for foo://"),
         ("", ["run_dir=s3://"], "bad config value at run_dir: Value error, s3:// names no bucket or folder"),
