@@ -6,9 +6,14 @@ table reports None: we never guess (CPU runs report None too).
 
 from __future__ import annotations
 
+import re
+
 import torch
 
-# substring of torch.cuda.get_device_name() -> dense bf16 FLOP/s
+# model words of torch.cuda.get_device_name() -> dense bf16 FLOP/s. A row matches when each of its
+# words is a whole word of the name (split at spaces and dashes), first row first: "NVIDIA
+# A100-SXM4-80GB" is an A100, while "NVIDIA L40" is not an L4, "NVIDIA GB200" not a B200 and
+# "NVIDIA RTX A1000" not an A100 (all three report None)
 PEAK_BF16: list[tuple[str, float]] = [
     ("H200", 989e12),
     ("H100 NVL", 835e12),
@@ -26,14 +31,19 @@ PEAK_BF16: list[tuple[str, float]] = [
 ]
 
 
+def peak_flops_of(name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of a CUDA device called `name`, or None for a device not in PEAK_BF16."""
+    words = {w.lower() for w in re.split(r"[\s\-]+", name) if w}
+    for key, flops in PEAK_BF16:
+        if all(w.lower() in words for w in key.split()):
+            return flops
+    return None
+
+
 def peak_flops(device: torch.device | str | None = None) -> float | None:
     if not torch.cuda.is_available():
         return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_BF16:
-        if key in name:
-            return flops
-    return None
+    return peak_flops_of(torch.cuda.get_device_name(device))
 
 
 def head_flops_per_token(model: torch.nn.Module) -> float:

@@ -338,6 +338,20 @@ def test_chunked_logps_equal_full_logits(tiny_model_dir):
     assert torch.allclose(g3, g1, atol=1e-6)
 
 
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H200", 989e12), ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
+    ("NVIDIA H100 NVL", 835e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA A100 80GB PCIe", 312e12),
+    ("NVIDIA GH200 480GB", 989e12), ("NVIDIA L40S", 362e12), ("NVIDIA L4", 121e12),
+    ("NVIDIA GeForce RTX 4090", 165e12),
+    # not in the table: a name that merely contains a listed one is not that device
+    ("NVIDIA L40", None), ("NVIDIA GB200", None), ("NVIDIA RTX A1000 6GB Laptop GPU", None), ("NVIDIA H20", None),
+])
+def test_the_peak_flops_table_matches_whole_model_names_and_never_guesses(name, peak):
+    from hsdpo.train.mfu import peak_flops_of
+
+    assert peak_flops_of(name) == peak
+
+
 def test_model_flops_count_the_lm_head_only_where_it_runs(tiny_model_dir):
     from hsdpo.model import load_model, load_tokenizer
     from hsdpo.train.config import DPOConfig
