@@ -2,8 +2,8 @@
 
 Checkpoints live outside the stage folder (which `run_stage` clears at start), in
 `<run_dir>/_checkpoints/<output>/<key>/`, where `key` hashes everything that changes the optimisation
-(the stage section minus topology/logging fields, the model section, the seed and the input
-manifests). A stage re-run after a crash, with the same key, resumes from its latest checkpoint:
+(the stage section minus topology/logging fields, the precision it resolves to, the model section,
+the seed and the input manifests). A stage re-run after a crash, with the same key, resumes from its latest checkpoint:
 Ray Train restores the run of that name in that storage path, even with a different `num_workers`.
 The folder is removed after a successful run (and before a forced one).
 """
@@ -33,9 +33,14 @@ TOPOLOGY = {"num_workers", "cpus_per_worker", "micro_batch_size", "use_gpu", "co
 
 
 def checkpoint_root(cfg: PipelineConfig, t: TrainConfig, inputs: list[str]) -> str:
+    from hsdpo.train.strategy import use_bf16
+
     rd = RunDir(cfg.run_dir)
     blob = {
         "train": {k: v for k, v in t.model_dump(mode="json").items() if k not in TOPOLOGY},
+        # use_gpu is topology, but with precision auto it picks bf16 or fp32, and DeepSpeed's states
+        # of one do not load into an engine of the other
+        "bf16": use_bf16(t),
         "model": cfg.model.model_dump(mode="json"),
         "seed": cfg.seed,
         "inputs": rd.input_hashes(inputs),

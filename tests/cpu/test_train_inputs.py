@@ -304,3 +304,20 @@ def test_dpo_refuses_reference_log_probs_of_another_max_length_from_any_reflogp_
                        r" reflogp.max_length 32 and dpo.max_length is 64: reference and policy log-probs must cover"
                        r" the same tokens$"):
         run_dpo(with_overrides(cfg, ["dpo.pairs_from=ref_other", f"dpo.init_from={tmp_path}/no_model"]))
+
+
+def test_the_checkpoint_key_ignores_topology_but_not_the_precision_use_gpu_picks(tmp_path):
+    from hsdpo.train.launch import checkpoint_root
+
+    cfg = _cfg(tmp_path)
+
+    def key(*overrides: str) -> str:
+        c = with_overrides(cfg, list(overrides))
+        return checkpoint_root(c, c.dpo, [])
+
+    assert key("dpo.num_workers=2", "dpo.micro_batch_size=2", "dpo.log_every=5") == key()
+    # precision auto: fp32 on CPU, bf16 on GPU, and DeepSpeed's fp32 states do not load into a bf16 engine
+    assert key("dpo.use_gpu=true") != key()
+    assert key("dpo.use_gpu=true", "dpo.precision=fp32") == key("dpo.precision=fp32")
+    assert key("dpo.beta=0.3") != key()
+
