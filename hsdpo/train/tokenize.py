@@ -2,9 +2,12 @@
 
 An example is `prompt + completion + eos` (no eos for a rejected completion cut at its first
 error: it is a prefix, see hsdpo.pairs), prompt and completion tokenised separately and
-concatenated (no merge across the boundary; TRL does the same). Loss and log-probs cover the
+concatenated (no merge across the boundary; TRL does the same). The prompt gets the tokenizer's
+special tokens, as the samplers (HF and vLLM) tokenise it: a BOS in front for Llama-style
+tokenizers, nothing for Qwen's; the completion gets none. Loss and log-probs cover the
 completion tokens (and eos) only. An example longer than `max_length` is truncated: the prompt keeps
-at most its last `max_length // 2` tokens, the completion is cut on the right; `truncated` counts it.
+its leading special tokens and at most its last `max_length // 2` tokens in all, the completion is
+cut on the right; `truncated` counts it.
 Where one side of a pair must cut the prompt, the other side cuts it too (`encode_pairs`).
 `encode_batch` is that rule for a batch of examples (one tokenizer call for its prompts, one for its
 completions), and the only one: the trainer's table (`tokenize_rows`, made once by Ray
@@ -99,11 +102,27 @@ def encode_batch(tokenizer: Any, prompts: Sequence[str], completions: Sequence[s
     is a prefix (a rejected sample cut at its first error)."""
     n = len(prompts)
     eos = [eos] * n if isinstance(eos, bool) else list(eos)
-    return _join(_tokens(tokenizer, prompts), _with_eos(tokenizer, _tokens(tokenizer, completions), eos), max_length)
+    return _join(_prompt_tokens(tokenizer, prompts), _with_eos(tokenizer, _tokens(tokenizer, completions), eos),
+                 max_length, keep=lead_specials(tokenizer))
 
 
 def _tokens(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
+
+
+def _prompt_tokens(tokenizer: Any, prompts: Sequence[str]) -> list[list[int]]:
+    """Prompts as a sampler feeds them to the model: with the tokenizer's special tokens."""
+    return tokenizer(list(prompts))["input_ids"] if len(prompts) else []
+
+
+def lead_specials(tokenizer: Any) -> int:
+    """How many special tokens the tokenizer puts in front of a text (1 for a BOS, 0 for Qwen's)."""
+    plain = tokenizer("1", add_special_tokens=False)["input_ids"]
+    full = tokenizer("1")["input_ids"]
+    for i in range(len(full) - len(plain) + 1):
+        if full[i:i + len(plain)] == plain:
+            return i
+    return 0
 
 
 def _with_eos(tokenizer: Any, completions: list[list[int]], eos: Sequence[bool]) -> list[list[int]]:
@@ -111,15 +130,18 @@ def _with_eos(tokenizer: Any, completions: list[list[int]], eos: Sequence[bool])
 
 
 def _join(ps: list[list[int]], cs: list[list[int]], max_length: int,
-          cut_prompt: Sequence[bool] | None = None) -> Sequences:
+          cut_prompt: Sequence[bool] | None = None, keep: int = 0) -> Sequences:
     """Token lists joined and truncated (module docstring); `cut_prompt[i]` cuts example i's prompt
     as a truncated example's is cut even where its own completion fits (the other side of a pair
-    that needs it: both sides then see one prompt)."""
+    that needs it: both sides then see one prompt). A cut prompt keeps its first `keep` tokens (the
+    tokenizer's leading special tokens, `lead_specials`)."""
     n = len(ps)
+    half = max_length // 2
+    keep = min(keep, half - 1)
     seqs, prompt_len, truncated = [], np.zeros(n, np.int64), np.zeros(n, bool)
     for i, (p, c) in enumerate(zip(ps, cs)):
         if len(p) + len(c) > max_length or (cut_prompt is not None and cut_prompt[i]):
-            p = p[-(max_length // 2):] if len(p) > max_length // 2 else p
+            p = p[:keep] + p[len(p) - (half - keep):] if len(p) > half else p
         if len(p) + len(c) > max_length:
             truncated[i] = True
             c = c[: max_length - len(p)]
@@ -352,12 +374,13 @@ def encode_pairs(tokenizer: Any, rows: list[dict[str, Any]], max_length: int) ->
     """(chosen, rejected) of each pair, truncated as `encode_batch` does, except that a pair whose one
     side must cut the prompt cuts it on both: the two log-probs then condition on the same prompt
     (cut apart, a long chosen and a short rejected would be compared under different contexts)."""
-    ps = _tokens(tokenizer, [r["prompt"] for r in rows])
+    ps = _prompt_tokens(tokenizer, [r["prompt"] for r in rows])
     chosen = _with_eos(tokenizer, _tokens(tokenizer, [r["chosen"] for r in rows]), [True] * len(rows))
     rejected = _with_eos(tokenizer, _tokens(tokenizer, [r["rejected"] for r in rows]),
                          [not flag(r.get("rejected_cut")) for r in rows])
     cut = [len(p) + max(len(c), len(r)) > max_length for p, c, r in zip(ps, chosen, rejected)]
-    return _join(ps, chosen, max_length, cut), _join(ps, rejected, max_length, cut)
+    keep = lead_specials(tokenizer)
+    return _join(ps, chosen, max_length, cut, keep), _join(ps, rejected, max_length, cut, keep)
 
 
 # what tokenize_rows reads of a row (besides `_idx`)

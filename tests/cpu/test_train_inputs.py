@@ -321,3 +321,37 @@ def test_the_checkpoint_key_ignores_topology_but_not_the_precision_use_gpu_picks
     assert key("dpo.use_gpu=true", "dpo.precision=fp32") == key("dpo.precision=fp32")
     assert key("dpo.beta=0.3") != key()
 
+
+def test_the_prompt_gets_the_bos_a_sampler_sees_and_keeps_it_when_cut():
+    """A Llama-style tokenizer puts a BOS in front of a text; the samplers tokenise the prompt with it
+    (`tokenizer(prompts)`), so training, the reference log-probs and DPO score under the same prefix.
+    The completion gets no special token but the eos."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    from hsdpo.train.tokenize import encode_batch, encode_pairs, lead_specials
+
+    vocab = {"<s>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate("abcdefghijklmnopqrstuvwxyz :?\n0123456789+=#")}}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="</s>"))
+    core.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    plain = PreTrainedTokenizerFast(tokenizer_object=core.__class__.from_str(core.to_str()), eos_token="</s>",
+                                    pad_token="</s>")
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    bos = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="</s>")
+    assert (lead_specials(bos), lead_specials(plain)) == (1, 0)
+
+    prompt, completion = "question: 1+2?\nanswer: ", "3 #### 3"
+    (e,) = [encode_batch(bos, [prompt], [completion], 64)[0]]
+    sampler_ids = bos([prompt])["input_ids"][0]  # hsdpo.sampling.hf.HFSampler.generate's call
+    assert sampler_ids[0] == 0 and e.input_ids[:e.prompt_len] == sampler_ids
+    assert e.input_ids[e.prompt_len:] == bos(completion, add_special_tokens=False)["input_ids"] + [1]
+    (q,) = [encode_batch(plain, [prompt], [completion], 64)[0]]
+    assert q.input_ids == e.input_ids[1:] and q.prompt_len == e.prompt_len - 1  # no BOS where none is added
+
+    # cut: the BOS and the prompt's last max_length // 2 - 1 tokens, on both sides of a pair
+    long = "question: " + "1+" * 40 + "2?\nanswer: "
+    chosen, rejected = encode_pairs(bos, [{"prompt": long, "chosen": "3", "rejected": "4 " * 30}], 32)
+    full = bos(long)["input_ids"]
+    for side in (chosen[0], rejected[0]):
+        assert side.truncated and side.prompt_len == 16
+        assert side.input_ids[:16] == [0] + full[-15:]
