@@ -84,16 +84,26 @@ def _cap(s: str) -> str:
     return s if len(s) <= MAX_ANSWER_CHARS else s[: MAX_ANSWER_CHARS - 1] + "…"
 
 
+# `#### Final Answer`, `#### Step 2: Total`: a markdown heading, not `#### N`. Content that opens
+# with a word of two or more letters is one (`#### x = 5` and `#### 72 clips` are answers).
+_HEADING_WORD = re.compile(r"[ \t*_]*[A-Za-z]{2,}")
+
+
 def _hash_matches(text: str) -> list[tuple[int, str]]:
-    return [
-        (m.start(), _clean_tail(m.group(1)))
-        for m in _HASH.finditer(text)
-        if m.group(1).strip() and not _HEADING_LABEL.match(m.group(1))
-    ]
+    out = []
+    for m in _HASH.finditer(text):
+        raw = m.group(1)
+        if not raw.strip() or _HEADING_LABEL.match(raw) or _HEADING_WORD.match(raw):
+            continue
+        if tail := _answer_line_content(raw):
+            out.append((m.start(), tail))
+    return out
 
 
 def _answer_is_matches(text: str) -> list[tuple[int, str]]:
-    """Each `answer is` with the rest of its line, unless another `answer is` follows on that line."""
+    """Each `answer is` with the answer the rest of its line states (read as an `Answer:` line's:
+    `72, which is the total.` -> 72; `larger than 48.` states none), unless another `answer is`
+    follows on that line."""
     matches = list(_ANSWER_IS.finditer(text))
     out = []
     for i, m in enumerate(matches):
@@ -101,7 +111,7 @@ def _answer_is_matches(text: str) -> list[tuple[int, str]]:
         end = text.find("\n", m.end(), stop)  # bounded by the next match: linear overall
         if end < 0 and stop < len(text):
             continue
-        tail = _clean_tail(text[m.end() : end if end >= 0 else stop])
+        tail = _answer_line_content(text[m.end() : end if end >= 0 else stop])
         if tail:
             out.append((m.start(), tail))
     return out
@@ -109,11 +119,13 @@ def _answer_is_matches(text: str) -> list[tuple[int, str]]:
 
 # The content of an `Answer:` line must look like an answer: a solution that opens with
 # `Answer: First, we compute ...` (the prompt format ends in `Answer: `) states no answer there.
-# A number, then at most three (unit) words, then nothing or a remark: the number is the answer.
+# A number, then at most three (unit) words, then nothing or a remark (`, which ...`, `(...)`,
+# `because ...`): the number is the answer.
 _LEAD_NUMBER = re.compile(
     r"(-?(?:\\?\$)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?)"
     r"(?:[ \t]+(?!(?:times|plus|minus|over|divided|and|or|to|of)\b)[A-Za-z]+){0,3}"
-    r"[ \t]*(?:$|\(|[,;][ \t]*[A-Za-z]|\.\s)"
+    r"[ \t]*(?:$|\(|[,;][ \t]*[A-Za-z]|\.\s"
+    r"|(?<=[ \t])(?:because|since|as|so|which|given|thus|hence|after|from|by|when|if|for)\b)"
 )
 # A word, then a word of two or more letters, is prose, no answer: `First, we`. A word right
 # after `\\` or `{` starts none (`\\text{even}`, `\\frac{a}{b}`).

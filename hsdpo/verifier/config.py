@@ -14,8 +14,9 @@ from hsdpo.configbase import StrictModel
 # (an extraction rule, a check, a score). It is part of the hash of every stage that verifies
 # (`sample`, `eval`), so samples verified by an older verifier are stale, and `sample` re-verifies
 # them without sampling again (hsdpo.sampling.stage). 2: `Answer:` lines; a right answer cut at
-# the token limit is no hard negative.
-VERIFIER_VERSION = 2
+# the token limit is no hard negative. 3: `####` and `answer is` content read like an `Answer:`
+# line's (a remark after the number), a `#### Heading` is no answer.
+VERIFIER_VERSION = 3
 
 DEFAULT_CONSTANTS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 24, 30, 31, 48, 52, 60, 100, 365, 366, 1000, 3600]
 

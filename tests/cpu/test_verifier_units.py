@@ -83,6 +83,20 @@ def _symbolic_child() -> None:
         ("Answer: 5 \\text{ cm}", "5 \\text{ cm}", "answer_line"),
         ("Answer: (C)", "(C)", "answer_line"),
         ("So we get \\boxed{3} boxes.\nAnswer: 72", "72", "answer_line"),  # an `Answer:` line wins over \boxed
+        # `answer is` content read as an `Answer:` line's: a remark after the number, prose that states none
+        ("The answer is 72, which is the total.", "72", "answer_is"),
+        ("So the answer is 72 (48 in April plus 24 in May).", "72", "answer_is"),
+        ("The answer is 72 because she sold 48 + 24 of them.", "72", "answer_is"),
+        ("The answer is $18 dollars, since 2 x 9 = 18.", "$18", "answer_is"),
+        ("Answer: 72 because 48 + 24 = 72", "72", "answer_line"),
+        ("We expect the answer is larger than 48.\nSo she sold $\\boxed{72}$ clips.", "72", "boxed"),
+        # a markdown heading is not GSM8K's `#### N`
+        ("#### Step 1: May\n48 / 2 = 24\n#### Final Answer\n\\boxed{72}", "72", "boxed"),
+        ("#### Step 2: Total\n48 + 24 = 72\n\n**Answer:** 72", "72", "answer_line"),
+        ("48 + 24 = 72\n#### The final answer is 72", "72", "answer_is"),
+        ("#### 72 clips", "72", "hash"),
+        ("#### x = 5", "x = 5", "hash"),
+        ("#### -3.5", "-3.5", "hash"),
         ("So she sold 72, which is all of them", "72", "last_number"),
         ("the sequence 1,2,3", "3", "last_number"),
         ("She sold 1,000, in total", "1,000", "last_number"),
