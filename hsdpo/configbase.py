@@ -78,6 +78,8 @@ def without_run_only(model: type[BaseModel], data: Any) -> Any:
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys and wrong types are one-line errors naming the key."""
+    """A config section: unknown keys and wrong types are one-line errors naming the key. No float
+    setting takes inf or NaN (`.inf` in YAML): each would pass a bound such as `gt=0` and turn the
+    scores, weights or a time budget into NaN or an overflow later, one row at a time."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)

@@ -59,6 +59,11 @@ def test_no_file_gives_defaults():
         ("", ["sft.eval_every=10"], "eval_every needs eval_fraction > 0"),
         ("", ["dpo.adam_betas=[0.9, 1.0]"], "bad config value at dpo.adam_betas: Value error, adam_betas[1] is 1;"),
         ("sft: {adam_betas: [1.5, 0.9]}\n", [], "adam_betas[0] is 1.5; each beta must be in [0, 1)"),
+        # inf / NaN pass bounds such as gt=0 and would surface later as NaN scores or a timeout overflow
+        ("verifier: {timeout_s: .inf}\n", [], "bad config value at verifier.timeout_s: Input should be a finite number"),
+        ("", ["verifier.constants=[1, .nan]"], "bad config value at verifier.constants.1: Input should be a finite number"),
+        ("", ["verifier.w_answer=.inf"], "bad config value at verifier.w_answer: Input should be a finite number"),
+        ("", ["dpo.lr=.inf"], "bad config value at dpo.lr: Input should be a finite number"),
         ("", ["dpo.eval_fraction=1"], "bad config value at dpo.eval_fraction"),
         ("", ["run_dir=foo://bucket/run"], "bad config value at run_dir: Value error, no filesystem is known for foo://"),
         ("", ["run_dir=s3://"], "bad config value at run_dir: Value error, s3:// names no bucket or folder"),
