@@ -42,6 +42,11 @@ class SampleCountError(RuntimeError):
     """Rows were lost or duplicated between the problems and the written samples."""
 
 
+# CPUs of the pipeline's own tasks (the fan-out of problems into prompts; the verdict columns of
+# stored samples), which need room beside the actor pools (hsdpo.sampling.stage.check_pools). The
+# Parquet write runs fused into the last actor stage.
+TASK_CPUS = 0.25
+
 def row_seed(run_seed: int, problem_id: str, sample_id: int) -> int:
     """The per-row seed: a stable 63-bit hash of (run seed, problem_id, sample_id)."""
     digest = hashlib.blake2b(f"{run_seed}/{problem_id}/{sample_id}".encode(), digest_size=8).digest()
@@ -109,7 +114,7 @@ def build_dataflow(problems: list[dict], model_path: str, sample_cfg: SampleConf
     for p in keep:
         p["num_steps"] = int(p["num_steps"] or 0)
     ds = ray.data.from_items(keep, override_num_blocks=blocks)
-    ds = ds.map_batches(fan_out, batch_format="numpy", batch_size=None, num_cpus=0.25,
+    ds = ds.map_batches(fan_out, batch_format="numpy", batch_size=None, num_cpus=TASK_CPUS,
                         fn_kwargs={"n": n, "run_seed": seed, "template": prompt_template})
     # Ray 2.60 has no named map_batches parameter for these yet (its ray_remote_args are deprecated).
     retries = {"max_restarts": sample_cfg.max_restarts, "max_task_retries": sample_cfg.max_task_retries}
@@ -203,7 +208,7 @@ def reverify(src_dir: str, out_dir: str, sample_cfg: SampleConfig, verifier_cfg:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         ds = table_dataset(stored, sample_cfg.verify_batch_size, sample_cfg.verify_concurrency)
-        ds = ds.map_batches(_unverified, batch_format="numpy", batch_size=None, num_cpus=0.25)
+        ds = ds.map_batches(_unverified, batch_format="numpy", batch_size=None, num_cpus=TASK_CPUS)
         if verify:
             ds = verified(ds, sample_cfg, verifier_cfg)
     ds.write_parquet(out_dir, mode=SaveMode.OVERWRITE)

@@ -141,6 +141,7 @@ def check_pools(cfg: PipelineConfig, stage: str = "sample", verify: bool | None 
     actor no node can hold); also what `eval` runs. `verify`: whether the verifier pool runs
     (None = `sample.verify`); `sampler`: whether the sampler pool does (not when re-verifying)."""
     from hsdpo.rayutil import init_ray, local_shortfall, pool_bounds
+    from hsdpo.sampling.pipeline import TASK_CPUS
 
     s = cfg.sample
     verify = s.verify if verify is None else verify
@@ -149,11 +150,20 @@ def check_pools(cfg: PipelineConfig, stage: str = "sample", verify: bool | None 
     if s.backend == "hf" and sampler:
         pools.insert(0, ("sampler", pool_bounds(s.concurrency)[0], {"CPU": s.num_cpus, "GPU": s.num_gpus},
                          "sample.concurrency, sample.num_cpus, sample.num_gpus"))
+    pools = [p for p in pools if p[0] != "verifier" or verify]
     for name, n, each, knobs in pools:
-        if name == "verifier" and not verify:
-            continue
         short = local_shortfall({res: n * v for res, v in each.items()})
         if short:
             raise InputError(f"{stage}: {n} {name} actor{'s need' if n != 1 else ' needs'} {short[1]:g} {short[0]}"
                              f"{'s' if short[1] != 1 else ''} and this local Ray has {short[2]:g}; lower {knobs},"
                              " or join a cluster (ray.address)")
+    # Together: the actors hold their CPUs for the whole stage, and the pipeline's own task needs
+    # room beside them, or no row ever reaches them (1 sampler + 1 verifier on 2 CPUs waited forever)
+    held = sum(n * each["CPU"] for _, n, each, _ in pools)
+    short = local_shortfall({"CPU": held + TASK_CPUS})
+    if short:
+        what = " and ".join(f"{n} {name} actor{'s' if n != 1 else ''}" for name, n, _, _ in pools)
+        raise InputError(f"{stage}: {what} hold {held:g} of this local Ray's {short[2]:g} CPUs, which leaves less"
+                         f" than the {TASK_CPUS:g} its tasks need, and the stage would wait forever;"
+                         f" lower {', '.join(k for *_, k in pools)}, raise ray.num_cpus, or join a cluster"
+                         " (ray.address)")

@@ -93,6 +93,10 @@ def test_killed_sampler_actor_still_writes_exactly_n_rows(tmp_path, data_dir, ti
     (["sample.num_gpus=1"], "sample: 1 sampler actor needs 1 GPU and this local Ray has 0; lower sample.concurrency"),
     (["sample.concurrency=[5, 6]"], "sample: 5 sampler actors need 5 CPUs and this local Ray has 4;"),
     (["sample.verify_concurrency=5"], "sample: 5 verifier actors need 5 CPUs and this local Ray has 4;"),
+    # each pool fits, both together leave no room for the fan-out task before them
+    (["sample.concurrency=2", "sample.verify_concurrency=2"],
+     "sample: 2 sampler actors and 2 verifier actors hold 4 of this local Ray's 4 CPUs, which leaves less than the"
+     " 0.25 its tasks need, and the stage would wait forever; lower sample.concurrency,"),
 ])
 def test_an_actor_pool_larger_than_the_local_ray_is_refused_and_the_samples_stay(sampled, overrides, says):
     """Ray Data would wait forever for actors no node can hold; the refusal comes before the stage
