@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from hsdpo.configbase import Location, StrictModel
 
@@ -17,7 +17,15 @@ class SyntheticConfig(StrictModel):
     max_steps: int = Field(2, ge=1, le=4, description="most computation steps in a problem")
     min_value: int = Field(1, ge=0, description="smallest number a problem states")
     max_value: int = Field(20, ge=1, description="largest number a problem states")
-    ops: list[Op] = Field(default_factory=lambda: ["add", "sub", "double"], description="operations used")
+    ops: list[Op] = Field(default_factory=lambda: ["add", "sub", "double"], min_length=1, description="operations used")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "SyntheticConfig":
+        if self.min_steps > self.max_steps:
+            raise ValueError(f"min_steps {self.min_steps} is above max_steps {self.max_steps}")
+        if self.min_value > self.max_value:
+            raise ValueError(f"min_value {self.min_value} is above max_value {self.max_value}")
+        return self
 
 
 class SourceConfig(StrictModel):

@@ -3,15 +3,24 @@ sampler and verifier actor pools (so one recipe drives a laptop and an autoscali
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from hsdpo.configbase import RUN_ONLY, StrictModel
 from hsdpo.prompts import STOP_STRINGS
 
+
+def _check_pool(v: int | tuple[int, int]) -> int | tuple[int, int]:
+    low, high = (v, v) if isinstance(v, int) else v
+    if low < 1 or high < low:
+        raise ValueError("a pool is n >= 1 actors or [min, max] with 1 <= min <= max")
+    return v
+
+
 # An actor pool: a fixed size n, or an autoscaling range [min, max].
-Pool = int | tuple[int, int]
+Pool = Annotated[int | tuple[int, int], AfterValidator(_check_pool)]
+
 VLLM_MAX_TEMPERATURE = 2.0  # vllm.SamplingParams refuses a higher one
 
 
