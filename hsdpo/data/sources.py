@@ -130,7 +130,12 @@ def normalize(rec: dict[str, Any], src: SourceConfig, index: int, id_prefix: str
     if not _utf8(question) or not _utf8(solution):
         return {"reason": "bad_text", "row": rec, "source": src.name}
     extraction = extract_answer(solution)
-    if extraction.answer is None or extraction.rule == "last_number" and src.name != "math":
+    gold = extraction.answer
+    if skey == "solution" and isinstance(rec.get("answer"), str) and rec["answer"].strip():
+        # the hub's MATH-500 states the answer in a field of its own: the solution's prose may say
+        # "the answer is ..." before its \boxed{} (`3! \times 5! = \boxed{720}` read whole)
+        gold = rec["answer"].strip()
+    elif gold is None or extraction.rule == "last_number" and src.name != "math":
         return {"reason": "unparseable_gold", "row": rec, "source": src.name}
     steps = row_steps(rec.get("num_steps"), solution)
     if steps is None:
@@ -141,7 +146,7 @@ def normalize(rec: dict[str, Any], src: SourceConfig, index: int, id_prefix: str
     return {
         "problem_id": f"{id_prefix or default_id_prefix(src)}-{index:07d}",
         "question": question.strip(),
-        "gold_answer": extraction.answer,
+        "gold_answer": gold,
         "gold_solution": solution.strip(),
         "source": label,
         "split": src.split,

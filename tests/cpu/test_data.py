@@ -40,6 +40,22 @@ def test_math500_loads_with_every_answer(data_dir):
     assert rows[0]["gold_answer"] == r"\left( 3, \frac{\pi}{2} \right)"
 
 
+def test_math500_in_the_hubs_layout_takes_the_answer_field(data_dir, tmp_path):
+    """The hub's MATH-500 rows are `problem`, `solution` (no `The answer is:` line) and `answer`.
+    Rebuilt from the local file: every gold answer is the row's own, also where the solution's
+    prose says "the answer is" before its box (7 of the 500)."""
+    raw = [json.loads(line) for line in (data_dir / "math500" / "test.jsonl").read_text().splitlines()]
+    hub = []
+    for r in raw:
+        solution, _, answer = r["answer"].rpartition("The answer is:")
+        hub.append({"problem": r["question"], "solution": solution.strip(), "answer": answer.strip()})
+    path = tmp_path / "math500_hub.jsonl"
+    path.write_text("".join(json.dumps(h) + "\n" for h in hub))
+    rows, rejects = load_source(SourceConfig(name="math", path=str(path), split="test"), 0)
+    assert rejects == [] and [r["gold_answer"] for r in rows] == [h["answer"] for h in hub]
+    assert [r["gold_solution"] for r in rows] == [h["solution"] for h in hub]
+
+
 def test_metamathqa_local_json_in_hub_format(tmp_path):
     recs = [
         {"query": "What is 2+3?", "response": "2+3=5\nThe answer is: 5", "type": "GSM_Rephrased"},
