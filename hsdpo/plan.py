@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from hsdpo.config import ConfigError, PipelineConfig, StageSpec, with_overrides
+from hsdpo.config import STAGES, ConfigError, PipelineConfig, StageSpec, with_overrides
 from hsdpo.rundir import RunDir
 
 
@@ -21,16 +21,30 @@ class Plan:
     sections: tuple[str, ...]  # top-level config sections its output depends on
 
 
-def is_stage_ref(run_dir: str, ref: str) -> bool:
+def stage_outputs(cfg: PipelineConfig) -> set[str]:
+    """The run-dir folders the config's stages write: each section's `output` as set and by default
+    (`sft` stays a stage name in `sft.init_from=sft sft.output=rft`), and each recipe step's with its
+    overrides (`dpo.output=weighted_dpo`)."""
+    outs = {getattr(cfg, s).output for s in STAGES}
+    outs |= {type(getattr(cfg, s)).model_fields["output"].default for s in STAGES}
+    for step in cfg.steps:
+        if step.overrides:
+            outs.add(getattr(with_overrides(cfg, step.overrides), step.stage).output)
+    return outs
+
+
+def is_stage_ref(cfg: PipelineConfig, ref: str) -> bool:
     """A model ref that names a run-dir stage folder (then an input of the stage that reads it): one
-    with a manifest in the run dir, or a bare name (no '/') that is not a local path, such as `sft`.
-    Anything else is a path, URI or hub id."""
-    return RunDir(run_dir).manifest(ref) is not None or ("/" not in ref and not os.path.exists(ref))
+    with a manifest in the run dir, or the output of one of the config's stages (`sft`, a step's
+    `rft`) that is not a local path. Anything else is a path, URI or hub id (a bare `gpt2` too)."""
+    if RunDir(cfg.run_dir).manifest(ref) is not None:
+        return True
+    return "/" not in ref and not os.path.exists(ref) and ref in stage_outputs(cfg)
 
 
 def model_inputs(cfg: PipelineConfig, *refs: str) -> tuple[str, ...]:
     """The refs that are run-dir stages, each once, in order."""
-    return tuple(dict.fromkeys(r for r in refs if is_stage_ref(cfg.run_dir, r)))
+    return tuple(dict.fromkeys(r for r in refs if is_stage_ref(cfg, r)))
 
 
 def plan(cfg: PipelineConfig, stage: str) -> Plan:

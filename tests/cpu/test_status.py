@@ -191,6 +191,19 @@ def test_sft_init_from_a_model_path_is_not_a_run_dir_input(tmp_path, tiny_model_
     assert _states(with_overrides(cfg, [f"sft.init_from={tiny_model_dir}"]))[1][1] == "current"
 
 
+def test_a_bare_hub_id_is_no_stage_and_a_steps_output_is_one(tmp_path):
+    """A bare name is a run-dir stage when it has a manifest there or a stage of the config writes it
+    (a step's override included); `gpt2` is a hub id like `Qwen/Qwen2.5-1.5B`, not a stage to wait for."""
+    cfg = with_overrides(load_config(_recipe(tmp_path)), ['steps=[{stage: sft, overrides: ["sft.output=rft"]}]'])
+    assert plan(with_overrides(cfg, ["sample.model_from=gpt2"]), "sample").inputs == ("problems",)
+    assert plan(with_overrides(cfg, ["eval.models={base: distilgpt2, sft: sft}"]), "eval").inputs[:1] == ("sft",)
+    assert plan(with_overrides(cfg, ["sample.model_from=rft"]), "sample").inputs == ("problems", "rft")
+    assert plan(with_overrides(cfg, ["sample.model_from=sft"]), "sample").inputs == ("problems", "sft")
+    run_data(cfg)
+    _finish(with_overrides(cfg, ["sft.output=mine"]), "sft")  # written by a single-stage command
+    assert plan(with_overrides(cfg, ["sample.model_from=mine"]), "sample").inputs == ("problems", "mine")
+
+
 def test_a_run_dir_under_home_is_expanded_not_a_folder_named_tilde(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
