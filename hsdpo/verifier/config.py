@@ -15,8 +15,10 @@ from hsdpo.configbase import StrictModel
 # (`sample`, `eval`), so samples verified by an older verifier are stale, and `sample` re-verifies
 # them without sampling again (hsdpo.sampling.stage). 2: `Answer:` lines; a right answer cut at
 # the token limit is no hard negative. 3: `####` and `answer is` content read like an `Answer:`
-# line's (a remark after the number), a `#### Heading` is no answer.
-VERIFIER_VERSION = 3
+# line's (a remark after the number), a `#### Heading` is no answer. 4: an answer too large to
+# evaluate is off by orders of magnitude, one with no numeric value against a numeric gold of the
+# wrong kind (implausibility).
+VERIFIER_VERSION = 4
 
 DEFAULT_CONSTANTS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 24, 30, 31, 48, 52, 60, 100, 365, 366, 1000, 3600]
 
@@ -98,6 +100,9 @@ class VerifierConfig(StrictModel):
     i_sign: float = Field(1.0, ge=0, le=1, description="negative answer where the gold is non-negative")
     i_fraction: float = Field(0.5, ge=0, le=1, description="non-integer answer where the gold is an integer")
     i_magnitude: float = Field(1.0, ge=0, le=1, description="answer off by orders of magnitude (see magnitude_*)")
+    i_kind: float = Field(
+        0.5, ge=0, le=1,
+        description="answer with no numeric value where the gold is a number (a variable, \\infty, \\sqrt{2})")
     i_repetition: float = Field(1.0, ge=0, le=1, description="degenerate repetition (see repetition_*)")
     i_length: float = Field(1.0, ge=0, le=1, description="runaway length (see length_*)")
     magnitude_orders_start: float = Field(

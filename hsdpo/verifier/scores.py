@@ -75,13 +75,20 @@ def repetition(text: str, n: int = 6, max_words: int = 4000) -> float:
 
 
 def implausibility_parts(
-    pred: Fraction | None, gold: Fraction | None, text_len: int, rep: float, cfg: VerifierConfig
+    pred: Fraction | None, gold: Fraction | None, text_len: int, rep: float, cfg: VerifierConfig,
+    *, has_answer: bool = False, too_large: bool = False,
 ) -> dict[str, float]:
-    """Weighted implausibility components; the dimension is their maximum."""
+    """Weighted implausibility components; the dimension is their maximum. `has_answer`: a final
+    answer was found (`pred` None then means it has no numeric value); `too_large`: its value hit
+    the evaluator's size limits (`1e999999`, `10^{10^{10}}`)."""
     parts = {
         "repetition": cfg.i_repetition * _ramp(rep, cfg.repetition_start, cfg.repetition_full),
         "length": cfg.i_length * _ramp(text_len, cfg.length_start, cfg.length_full),
     }
+    if gold is not None and too_large:
+        parts["magnitude"] = cfg.i_magnitude
+    elif gold is not None and pred is None and has_answer:
+        parts["wrong_kind"] = cfg.i_kind
     if pred is not None and gold is not None:
         parts["wrong_sign"] = cfg.i_sign * float(pred < 0 <= gold)
         parts["fraction"] = cfg.i_fraction * float(gold.denominator == 1 and pred.denominator != 1)

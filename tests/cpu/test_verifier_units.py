@@ -488,3 +488,21 @@ def test_the_verdict_names_the_rule_that_found_the_answer(text: str, rule: str) 
     assert verify(text, "72", QUESTION).answer_rule == rule
     out = VerifyBatch()({"completion": np.array([text], dtype=object), "gold_answer": np.array(["72"], dtype=object)})
     assert list(out["answer_rule"]) == [rule]
+
+
+@pytest.mark.parametrize("answer, flag, implausibility", [
+    ("1e999999", "magnitude", 1.0),  # too large to evaluate: off by orders of magnitude
+    ("10^{10^{10}}", "magnitude", 1.0),
+    ("x", "wrong_kind", CFG.i_kind),  # no numeric value where the gold is a number
+    ("\\infty", "wrong_kind", CFG.i_kind),
+])
+def test_an_answer_with_no_value_against_a_numeric_gold_is_implausible_not_a_hard_negative(
+        answer: str, flag: str, implausibility: float) -> None:
+    """One slipped step, then a final answer the evaluator gives no value: without these components
+    its absurdity was the numeric part alone (0.2 <= tau_A), and it was mined as a hard negative."""
+    slip = GOLD.replace("<<48+24=72>>72", "<<48+24=73>>73").rsplit("#### ", 1)[0] + "#### " + answer
+    v = verify(slip, "72", QUESTION)
+    assert not v.correct and flag in v.flags and v.profile.implausibility == implausibility
+    assert v.absurdity > CFG.tau_absurdity and not v.hard_negative
+    near = verify(slip.rsplit("#### ", 1)[0] + "#### 73", "72", QUESTION)
+    assert near.hard_negative and "wrong_kind" not in near.flags  # the same slip with a number stays one
