@@ -332,7 +332,10 @@ def has_operator(toks: list[Tok]) -> bool:
 
 
 _SCI = re.compile(r"([-+]?)(\d+(?:\.\d+)?|\.\d+)[eE]([-+]?\d{1,12})")
-_UNITS_TAIL = re.compile(r"(?:\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[A-Za-z][A-Za-z.'’]*)+\s*$")
+_UNITS_TAIL = re.compile(r"(?:\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[A-Za-z][A-Za-z.'’/]*(?:\^\{?\d\}?)?)+\s*$")
+# A scale word right after the number multiplies it (`$2 million`, `3.5 thousand`); other words are units.
+_SCALE = re.compile(r"(?<=\d)\s*(hundred|thousand|million|billion|trillion)\b", re.I)
+SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 _STRIP = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\%|%|\\!|\\,|\\;|\\ |\\\$|\$|\\left\.|\\right\.")
 _ASSIGN = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*=\s*")
 _WRAPPED = re.compile(r"\\(?:text|textbf|mathbf|mathrm|mbox)\s*\{([^{}]*)\}")  # `\text{73}`, `\mathbf{72}`
@@ -341,7 +344,7 @@ _WRAPPED = re.compile(r"\\(?:text|textbf|mathbf|mathrm|mbox)\s*\{([^{}]*)\}")  #
 def parse_number(text: str, limits: Limits = DEFAULT_LIMITS) -> Fraction | None:
     """Exact value of a final answer written as a number or numeric expression, else None.
 
-    Handles `1,000`, `10,\\!080`, `$5`, `50%`, `72 clips`, `72°`, `\\text{72}`, `x = 3`, `1/2`, `-0`, `3.0`,
+    Handles `1,000`, `10,\\!080`, `$5`, `50%`, `72 clips`, `5 km/h`, `$2 million`, `72°`, `\\text{72}`, `x = 3`, `1/2`, `-0`, `3.0`,
     `1.5e3`, `\\frac{3}{4}`, `2^{10}`, `\\sqrt{16}`. Raises LimitExceeded for oversized values (`1e999999999`,
     `9^9^9`).
     """
@@ -354,7 +357,11 @@ def parse_number(text: str, limits: Limits = DEFAULT_LIMITS) -> Fraction | None:
     if "\\!" in s or "{,}" in s:  # before `\!` is stripped: `10,\!080` is 10080
         s = _LATEX_THOUSANDS.sub(",", s)
     s = _STRIP.sub(" ", s)
+    scale = 1
     if len(s) <= 200:  # units are short; the regex is quadratic in what it scans
+        if (word := _SCALE.search(s)) is not None:
+            scale = SCALES[word.group(1).lower()]
+            s = s[: word.start()] + " " + s[word.end():]
         s = _UNITS_TAIL.sub("", s)
     s = s.strip().rstrip(".").strip()
     if not s:
@@ -365,7 +372,7 @@ def parse_number(text: str, limits: Limits = DEFAULT_LIMITS) -> Fraction | None:
         exp = int(sci.group(3))
         if abs(exp) > limits.max_exponent:
             raise LimitExceeded("exponent too large")
-        value = _check_size(mant * Fraction(10) ** exp, limits)
+        value = _check_size(mant * Fraction(10) ** exp * scale, limits)
         return -value if sci.group(1) == "-" else value
     toks = tokenize(s, limits)
     if any(t.kind == "BREAK" and len(t.text) > limits.max_literal_digits for t in toks):
@@ -373,6 +380,7 @@ def parse_number(text: str, limits: Limits = DEFAULT_LIMITS) -> Fraction | None:
     if not toks or any(t.kind in ("BREAK", "EQ") for t in toks):
         return None
     try:
-        return evaluate_tokens(toks, limits)
+        value = evaluate_tokens(toks, limits)
     except NotExact:
         return None
+    return _check_size(value * scale, limits) if scale != 1 else value

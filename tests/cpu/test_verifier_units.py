@@ -144,6 +144,8 @@ def test_extract_answer(text: str, answer: str | None, rule: str) -> None:
         ("10081", "10,\\!080", False),
         ("90°", "90^\\circ", True),
         ("72 ° F", "72", True),
+        ("$2 million", "2000000", True),
+        ("2 million", "2", False),
     ],
 )
 def test_answers_equivalent(pred: str, gold: str, equal: bool) -> None:
@@ -156,7 +158,11 @@ def test_answers_equivalent(pred: str, gold: str, equal: bool) -> None:
     [("1,234.5", Fraction(2469, 2)), ("$-3", Fraction(-3)), ("2^{10}", Fraction(1024)), ("\\sqrt{16}", Fraction(4)),
      ("3\\frac{1}{4}", Fraction(13, 4)), ("\\frac{6}{4}", Fraction(3, 2)), ("pi", None), ("(1, 2)", None),
      ("10,\\!080", Fraction(10080)), ("\\$32,\\!348", Fraction(32348)), ("1,\\!2", None),
-     ("\\text{73}", Fraction(73)), ("\\mathbf{-5}", Fraction(-5)), ("72°", Fraction(72)), ("\\text{(C)}", None)],
+     ("\\text{73}", Fraction(73)), ("\\mathbf{-5}", Fraction(-5)), ("72°", Fraction(72)), ("\\text{(C)}", None),
+     # a scale word multiplies, a unit (also with / or a power) is dropped
+     ("2 million", Fraction(2_000_000)), ("$1.5 million", Fraction(1_500_000)), ("3 thousand dollars", Fraction(3000)),
+     ("-2 billion", Fraction(-2 * 10**9)), ("2 millionaires", Fraction(2)), ("two million", None),
+     ("5 km/h", Fraction(5)), ("9.8 m/s^2", Fraction(49, 5)), ("5 cm^2", Fraction(5))],
 )
 def test_parse_number(text: str, value: Fraction | None) -> None:
     assert parse_number(text) == value
