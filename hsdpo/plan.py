@@ -19,6 +19,7 @@ class Plan:
     output: str  # the run-dir folder it writes
     inputs: tuple[str, ...]  # run-dir folders whose manifests it reads
     sections: tuple[str, ...]  # top-level config sections its output depends on
+    files: tuple[str, ...] = ()  # files and folders outside the run dir it reads (`rundir.fingerprint`)
 
 
 def stage_outputs(cfg: PipelineConfig) -> set[str]:
@@ -47,30 +48,46 @@ def model_inputs(cfg: PipelineConfig, *refs: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(r for r in refs if is_stage_ref(cfg, r)))
 
 
+def model_files(cfg: PipelineConfig, *refs: str) -> tuple[str, ...]:
+    """The refs that are model folders outside the run dir (a local path or a URI, not a stage or a
+    hub id): a model retrained there in place leaves the stages that read it stale."""
+    from hsdpo.rundir import is_uri
+
+    return tuple(dict.fromkeys(r for r in refs if not is_stage_ref(cfg, r)
+                               and (is_uri(r) or os.path.isdir(os.path.expanduser(r)))))
+
+
 def plan(cfg: PipelineConfig, stage: str) -> Plan:
     if stage == "data":
-        return Plan("data", cfg.data.output, (), ("data", "seed"))
+        return Plan("data", cfg.data.output, (), ("data", "seed"),
+                    tuple(dict.fromkeys(s.path for s in cfg.data.sources if s.path)))
     if stage == "sft":
         s = cfg.sft
         # init_from, like every model ref, may be a path or hub id (resolve_model_path loads both): an input only when
         # it names a stage
-        return Plan("sft", s.output, (s.data_from, *model_inputs(cfg, *((s.init_from,) if s.init_from else ()))),
-                    ("model", "sft", "seed", "data"))
+        init = (s.init_from,) if s.init_from else ()
+        base = () if init else tuple(r for r in (cfg.model.name_or_path, cfg.model.tokenizer) if r)
+        return Plan("sft", s.output, (s.data_from, *model_inputs(cfg, *init)), ("model", "sft", "seed", "data"),
+                    model_files(cfg, *init, *base))
     if stage == "sample":
-        return Plan("sample", cfg.sample.output, (cfg.data.output, *model_inputs(cfg, cfg.sample.model_from)),
-                    ("sample", "verifier", "model", "seed"))
+        m = cfg.sample.model_from
+        return Plan("sample", cfg.sample.output, (cfg.data.output, *model_inputs(cfg, m)),
+                    ("sample", "verifier", "model", "seed"), model_files(cfg, m))
     if stage == "pairs":
         return Plan("pairs", cfg.pairs.output, (cfg.sample.output,), ("pairs", "seed"))
     if stage == "reflogp":
         c = cfg.reflogp
-        return Plan("reflogp", c.output, (c.pairs_from, *model_inputs(cfg, c.model_from)), ("model", "reflogp", "seed"))
+        return Plan("reflogp", c.output, (c.pairs_from, *model_inputs(cfg, c.model_from)), ("model", "reflogp", "seed"),
+                    model_files(cfg, c.model_from))
     if stage == "dpo":
         d = cfg.dpo
-        return Plan("dpo", d.output, (d.pairs_from, *model_inputs(cfg, d.init_from)), ("model", "dpo", "seed"))
+        return Plan("dpo", d.output, (d.pairs_from, *model_inputs(cfg, d.init_from)), ("model", "dpo", "seed"),
+                    model_files(cfg, d.init_from))
     if stage == "eval":
+        models = cfg.eval.models.values()
         return Plan("eval", cfg.eval.output,
-                    (*model_inputs(cfg, *cfg.eval.models.values()), cfg.data.output, *report_inputs(cfg)),
-                    ("eval", "sample", "verifier", "model", "seed"))
+                    (*model_inputs(cfg, *models), cfg.data.output, *report_inputs(cfg)),
+                    ("eval", "sample", "verifier", "model", "seed"), model_files(cfg, *models))
     raise ValueError(f"unknown stage {stage!r}")
 
 

@@ -74,6 +74,25 @@ def _version(info: dict[str, Any]) -> str:
     return ""
 
 
+def _listing(fs: Any, root: str) -> list[tuple[str, Any, str]]:
+    """(name relative to `root`, size, version) of each file at or under `root`, sorted."""
+    files = {name: info for name, info in fs.find(root, detail=True).items() if info.get("type") != "directory"}
+    return sorted((posixpath.relpath(name, root), info.get("size"), _version(info)) for name, info in files.items())
+
+
+def fingerprint(path: str) -> str | None:
+    """What changes when a file or folder outside the run dir that a stage reads (a data file, a model
+    folder) is rewritten: a hash of each of its files' name, size and version (ETag, generation or
+    mtime); None when nothing is there. Run-dir stages are known by their manifests instead."""
+    local = not is_uri(path)
+    fs, root = _fs(os.path.abspath(os.path.expanduser(path)) if local else path)
+    try:
+        listing = _listing(fs, root.rstrip("/"))
+    except (OSError, ValueError):
+        return None
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16] if listing else None
+
+
 def fetch_dir(path: str) -> str:
     """A local folder holding the files of folder `path`: `path` itself when it is local; for a URI,
     a copy under `<cache_root>/fetched/<key>/`, downloaded once a machine. The key hashes the URI
@@ -85,11 +104,9 @@ def fetch_dir(path: str) -> str:
         return path
     fs, root = _fs(path)
     root = root.rstrip("/")
-    files = {name: info for name, info in fs.find(root, detail=True).items() if info.get("type") != "directory"}
-    if not files:
+    listing = _listing(fs, root)
+    if not listing:
         raise FileNotFoundError(f"{path}: no such folder, or it is empty")
-    listing = sorted((posixpath.relpath(name, root), info.get("size"), _version(info))
-                     for name, info in files.items())
     key = hashlib.sha256(json.dumps([path, listing]).encode()).hexdigest()[:20]
     dest = os.path.join(cache_root(), "fetched", key)
     if os.path.isdir(dest):
@@ -241,10 +258,13 @@ class RunDir:
     def input_hashes(self, inputs: list[str]) -> dict[str, str | None]:
         return {name: manifest_hash(self.manifest(name)) for name in inputs}
 
-    def staleness(self, output: str, config_hash: str, inputs: list[str]) -> tuple[str, str] | None:
+    def staleness(self, output: str, config_hash: str, inputs: list[str],
+                  files: tuple[str, ...] = ()) -> tuple[str, str] | None:
         """None when `output` is complete and current; else why not: ("missing", ""),
         ("config", ""), ("input missing", name) or ("input re-made", name) -- the last also when
-        the inputs recorded are not the inputs now."""
+        the inputs recorded are not the inputs now -- or ("file changed", path) for one of `files`
+        (read from outside the run dir) whose `fingerprint` is not the one recorded (a manifest
+        that records none, written by an older hsdpo, is not compared)."""
         m = self.manifest(output)
         if not m or m.get("status") != "complete":
             return ("missing", "")
@@ -259,10 +279,14 @@ class RunDir:
                 return ("input re-made", name)
         if set(recorded) != set(now):
             return ("input re-made", ", ".join(sorted(set(recorded) ^ set(now))))
+        if isinstance(m.get("files"), dict):
+            for path in files:
+                if m["files"].get(path) != fingerprint(path):
+                    return ("file changed", path)
         return None
 
-    def is_current(self, output: str, config_hash: str, inputs: list[str]) -> bool:
-        return self.staleness(output, config_hash, inputs) is None
+    def is_current(self, output: str, config_hash: str, inputs: list[str], files: tuple[str, ...] = ()) -> bool:
+        return self.staleness(output, config_hash, inputs, files) is None
 
     def require(self, output: str) -> dict[str, Any]:
         m = self.manifest(output)
@@ -366,10 +390,11 @@ class RunDir:
         return None
 
     def finish(self, result: StageResult, config_hash: str, inputs: list[str], config: dict[str, Any],
-               input_hashes: dict[str, str | None] | None = None) -> None:
+               input_hashes: dict[str, str | None] | None = None, files: dict[str, str | None] | None = None) -> None:
         """Write the manifest. `input_hashes`: the inputs' hashes as the stage found them when it
         started (`run_stage` passes them); an input re-made while the stage ran then leaves it
-        stale, where hashes taken now would record the new input as the one it was made from."""
+        stale, where hashes taken now would record the new input as the one it was made from.
+        `files`: the `fingerprint` of each file outside the run dir it read, taken likewise."""
         write_json_atomic(
             self.path(result.output, MANIFEST),
             {
@@ -379,6 +404,7 @@ class RunDir:
                 "status": "complete",
                 "config_hash": config_hash,
                 "inputs": self.input_hashes(inputs) if input_hashes is None else input_hashes,
+                "files": files or {},
                 "package_version": __version__,
                 "rows": result.rows,
                 "rejects": result.rejects,

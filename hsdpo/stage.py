@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from hsdpo.config import ConfigError, InputError, PipelineConfig, dump_config
 from hsdpo.configbase import first_line
 from hsdpo.plan import Plan, check_plan
-from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, join, list_files, stage_lock
+from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, fingerprint, join, list_files, stage_lock
 from hsdpo.verifier.config import VERIFIER_VERSION
 
 
@@ -69,12 +69,13 @@ def run_stage(
         if held and held != stage:  # e.g. reflogp.output=problems would replace the problems with log-probs
             raise ConfigError(f"{stage}.output {output!r} holds the output of {held} ({rd.path(output)}); set"
                               f" {stage}.output to another folder, or remove that one to replace it")
-        if not force and rd.is_current(output, hashed, inputs):
+        if not force and rd.is_current(output, hashed, inputs, plan.files):
             log(f"{stage} -> {rd.path(output)}: complete and current, skipped")
             return StageResult(stage=stage, output=output, path=rd.path(output), skipped=True)
         for name in inputs:
             rd.require(name)
         seen = rd.input_hashes(inputs)  # what the body reads; recorded as such even if re-made meanwhile
+        files = {f: fingerprint(f) for f in plan.files}
         if preflight is not None:
             preflight()
         log(f"{stage} -> {rd.path(output)}; resolved config:\n{dump_config(cfg)}")
@@ -86,7 +87,7 @@ def run_stage(
             result.wall_s = time.perf_counter() - t0
             result.stage, result.output, result.path = stage, output, out
             result.manifest = {**manifest_extra(plan), **result.manifest}
-            rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"), input_hashes=seen)
+            rd.finish(result, hashed, inputs, cfg.model_dump(mode="json"), input_hashes=seen, files=files)
         except BaseException as err:
             try:
                 rd.record_failure(output, err)

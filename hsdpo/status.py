@@ -92,7 +92,7 @@ def _step_status(cfg: PipelineConfig, stage: str, remade: set[str], conditional:
         st.state, st.why = "running", (f"host {holder.get('host')}, pid {holder.get('pid')}, since "
                                        f"{_since(holder.get('started'))}: {holder.get('command', '?')}")
         return st
-    why = rd.staleness(p.output, config_hash(cfg, p), list(p.inputs))  # the rule run_stage skips by
+    why = rd.staleness(p.output, config_hash(cfg, p), list(p.inputs), p.files)  # the rule run_stage skips by
     m = rd.manifest(p.output) or {}
     if why is not None and why[0] == "missing":
         if m.get("status") == "unreadable":
@@ -126,6 +126,9 @@ def _step_status(cfg: PipelineConfig, stage: str, remade: set[str], conditional:
 
             if reusable_samples(cfg) is not None:
                 st.why += " (the stored samples are verified again, no sampling)"
+        return st
+    if why is not None and why[0] == "file changed":
+        st.state, st.why = "stale", f"{why[1]} changed since this ran (or is gone)"
         return st
     later = [name for name in p.inputs if name in remade]
     if why is not None or later:

@@ -121,13 +121,14 @@ def test_synthetic_respects_knobs():
 
 def _recipe(tmp_path: Path, data_dir: Path, extra: str = "") -> Path:
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(
-        '{"question": "Q1?", "answer": "1+1=<<1+1=2>>2\\n#### 2"}\n'
-        "{not json\n"
-        '{"question": "Q2?"}\n'
-        '{"question": "Q3?", "answer": "no final answer here"}\n'
-        '[1, 2]\n'
-    )
+    if not bad.exists():  # written again, it would be a changed data file (its mtime), and problems/ stale
+        bad.write_text(
+            '{"question": "Q1?", "answer": "1+1=<<1+1=2>>2\\n#### 2"}\n'
+            "{not json\n"
+            '{"question": "Q2?"}\n'
+            '{"question": "Q3?", "answer": "no final answer here"}\n'
+            '[1, 2]\n'
+        )
     p = tmp_path / "recipe.yaml"
     p.write_text(
         f"""run_dir: {tmp_path / 'run'}

@@ -204,6 +204,37 @@ def test_a_bare_hub_id_is_no_stage_and_a_steps_output_is_one(tmp_path):
     assert plan(with_overrides(cfg, ["sample.model_from=mine"]), "sample").inputs == ("problems", "mine")
 
 
+def test_a_data_file_or_model_folder_rewritten_outside_the_run_dir_leaves_its_stage_stale(tmp_path, data_dir,
+                                                                                         tiny_model_dir):
+    """Files outside the run dir are known by each file's name, size and mtime (ETag or generation on
+    a bucket), recorded in the manifest: a data file edited in place re-makes problems/."""
+    import os
+    import shutil
+
+    lines = (data_dir / "gsm8k" / "test.jsonl").read_text().splitlines(keepends=True)
+    src = tmp_path / "g.jsonl"
+    src.write_text("".join(lines[:30]))
+    model = tmp_path / "outside_model"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = with_overrides(load_config(_recipe(tmp_path)), [f"data.sources=[{{name: gsm8k, path: {src}}}]",
+                                                          f"sample.model_from={model}"])
+    assert plan(cfg, "data").files == (str(src),) and plan(cfg, "sample").files == (str(model),)
+    assert plan(cfg, "pairs").files == () and plan(with_overrides(cfg, ["sample.model_from=gpt2"]), "sample").files == ()
+    assert run_data(cfg).rows["problems"] == 30
+    _finish(cfg, "sample")
+    assert _states(cfg)[0][:2] == ("problems", "current") and run_data(cfg).skipped
+
+    (model / "config.json").write_text((model / "config.json").read_text() + " ")  # retrained in place
+    assert _states(cfg)[2] == ("samples", "stale", f"{model} changed since this ran (or is gone)")
+    src.write_text("".join(lines[:40]))
+    os.utime(src, (1, 1))  # a new size, and a new mtime even on a coarse clock
+    assert _states(cfg)[0] == ("problems", "stale", f"{src} changed since this ran (or is gone)")
+    assert run_data(cfg).rows["problems"] == 40
+    assert _states(cfg)[0][1] == "current"
+    src.unlink()
+    assert _states(cfg)[0][1] == "stale"
+
+
 def test_a_run_dir_under_home_is_expanded_not_a_folder_named_tilde(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
