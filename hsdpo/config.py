@@ -75,12 +75,27 @@ class PipelineConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     steps: list[StageSpec] = Field(default_factory=_default_steps, description="what `hsdpo pipeline` runs, in order")
 
-    def section_hash(self, *keys: str) -> str:
+    def section_hash(self, *keys: str, ignore: tuple[str, ...] = ()) -> str:
         """Stable hash of some top-level sections: what a stage's outputs depend on (RUN_ONLY
-        settings left out)."""
-        dumped = without_run_only(PipelineConfig, self.model_dump(mode="json"))
-        blob = json.dumps({k: dumped[k] for k in keys}, sort_keys=True)
+        settings and the dotted keys of `ignore` left out)."""
+        dumped = depends_on(self.model_dump(mode="json"), keys, ignore)
+        blob = json.dumps(dumped, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def depends_on(dumped: dict[str, Any], sections: tuple[str, ...], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The part of a config dump (`model_dump(mode="json")`, or a manifest's record of one) that a
+    stage's output depends on: `sections` less RUN_ONLY settings and the dotted keys of `ignore`
+    (settings of a section the stage never reads, e.g. `sample.n` for eval)."""
+    out = without_run_only(PipelineConfig, {k: dumped.get(k) for k in sections})
+    for key in ignore:
+        *parents, last = key.split(".")
+        d = out
+        for part in parents:
+            d = d.get(part) if isinstance(d, dict) else None
+        if isinstance(d, dict):
+            d.pop(last, None)
+    return out
 
 
 class _DuplicateKey(yaml.YAMLError):

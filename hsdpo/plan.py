@@ -20,6 +20,7 @@ class Plan:
     inputs: tuple[str, ...]  # run-dir folders whose manifests it reads
     sections: tuple[str, ...]  # top-level config sections its output depends on
     files: tuple[str, ...] = ()  # files and folders outside the run dir it reads (`rundir.fingerprint`)
+    ignore: tuple[str, ...] = ()  # dotted keys of `sections` it never reads (`config.depends_on`)
 
 
 def stage_outputs(cfg: PipelineConfig) -> set[str]:
@@ -57,6 +58,13 @@ def model_files(cfg: PipelineConfig, *refs: str) -> tuple[str, ...]:
                                and (is_uri(r) or os.path.isdir(os.path.expanduser(r)))))
 
 
+# What eval takes from `sample` is how to decode (backend, engine, batches, actors, dtype, top_p,
+# stop strings); these it sets itself (eval.n, eval.temperature, eval.max_new_tokens, always verified)
+# or never reads (the sampled split, its size, its model; sample.output is an input when it plots it)
+EVAL_IGNORES = tuple(f"sample.{k}" for k in ("n", "temperature", "max_new_tokens", "verify", "split", "limit",
+                                             "model_from", "output"))
+
+
 def plan(cfg: PipelineConfig, stage: str) -> Plan:
     if stage == "data":
         return Plan("data", cfg.data.output, (), ("data", "seed"),
@@ -87,7 +95,7 @@ def plan(cfg: PipelineConfig, stage: str) -> Plan:
         models = cfg.eval.models.values()
         return Plan("eval", cfg.eval.output,
                     (*model_inputs(cfg, *models), cfg.data.output, *report_inputs(cfg)),
-                    ("eval", "sample", "verifier", "model", "seed"), model_files(cfg, *models))
+                    ("eval", "sample", "verifier", "model", "seed"), model_files(cfg, *models), EVAL_IGNORES)
     raise ValueError(f"unknown stage {stage!r}")
 
 

@@ -42,7 +42,7 @@ def log(msg: str) -> None:
 def config_hash(cfg: PipelineConfig, plan: Plan) -> str:
     """What a stage's manifest records of the config: its output is current while this is unchanged."""
     versions = f":verifier-v{VERIFIER_VERSION}" if "verifier" in plan.sections else ""
-    return cfg.section_hash(*plan.sections) + versions + ":" + plan.output
+    return cfg.section_hash(*plan.sections, ignore=plan.ignore) + versions + ":" + plan.output
 
 
 def manifest_extra(plan: Plan) -> dict[str, Any]:

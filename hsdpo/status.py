@@ -15,8 +15,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hsdpo.config import PipelineConfig
-from hsdpo.configbase import without_run_only
+from hsdpo.config import PipelineConfig, depends_on
 from hsdpo.plan import plan, recipe_steps
 from hsdpo.rundir import FAILED, MANIFEST, PREVIOUS, RunDir, _fs, lock_holder
 from hsdpo.stage import config_hash
@@ -55,11 +54,12 @@ def _short(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def config_changes(recorded: dict[str, Any], now: dict[str, Any], sections: tuple[str, ...]) -> list[str]:
+def config_changes(recorded: dict[str, Any], now: dict[str, Any], sections: tuple[str, ...],
+                   ignore: tuple[str, ...] = ()) -> list[str]:
     """`key old -> new` for each dotted key of `sections` whose value differs (RUN_ONLY settings,
-    which change no output, left out)."""
-    old = _flatten(without_run_only(PipelineConfig, {k: recorded.get(k) for k in sections}))
-    new = _flatten(without_run_only(PipelineConfig, {k: now.get(k) for k in sections}))
+    which change no output, and the keys of `ignore` left out: `config.depends_on`)."""
+    old = _flatten(depends_on(recorded, sections, ignore))
+    new = _flatten(depends_on(now, sections, ignore))
 
     def show(d: dict[str, Any], k: str) -> str:
         return _short(d[k]) if k in d else "(unset)"
@@ -114,7 +114,7 @@ def _step_status(cfg: PipelineConfig, stage: str, remade: set[str], conditional:
     st.wall_s = m["wall_s"] if isinstance(m.get("wall_s"), (int, float)) else None
     if why is not None and why[0] == "config":
         recorded = m.get("config") if isinstance(m.get("config"), dict) else {}
-        changes = config_changes(recorded, cfg.model_dump(mode="json"), p.sections)
+        changes = config_changes(recorded, cfg.model_dump(mode="json"), p.sections, p.ignore)
         named = ", ".join(changes[:MAX_CHANGES]) + (f" (+{len(changes) - MAX_CHANGES} more)" if len(changes) > MAX_CHANGES else "")
         version = m.get("verifier_version")
         st.state, st.why = "stale", (f"config changed: {named}" if changes else

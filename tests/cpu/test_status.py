@@ -90,6 +90,23 @@ def test_run_only_settings_leave_a_finished_stage_current(tmp_path):
         assert config_hash(with_overrides(cfg, [key]), plan(cfg, stage)) != config_hash(cfg, plan(cfg, stage)), key
 
 
+def test_eval_depends_on_how_sample_decodes_not_on_what_it_samples(tmp_path):
+    """eval sets its own n, temperature and budget and always verifies; the sampled split, its size and
+    model are not its business. How to decode (top_p, stop strings, backend, dtype) is."""
+    from hsdpo.status import config_changes
+
+    cfg = load_config(_recipe(tmp_path))
+    p = plan(cfg, "eval")
+    for key in ("sample.n=16", "sample.temperature=0.7", "sample.verify=false", "sample.limit=100",
+                "sample.split=test", "sample.model_from=x", "sample.max_new_tokens=9"):
+        assert config_hash(with_overrides(cfg, [key]), p) == config_hash(cfg, p), key
+    for key in ("sample.top_p=0.9", "sample.stop_strings=[]", "sample.dtype=float32", "eval.n=12"):
+        assert config_hash(with_overrides(cfg, [key]), p) != config_hash(cfg, p), key
+    now = with_overrides(cfg, ["sample.n=16", "sample.top_p=0.9"]).model_dump(mode="json")
+    assert config_changes(cfg.model_dump(mode="json"), now, p.sections, p.ignore) == ["sample.top_p 1.0 -> 0.9"]
+    assert config_hash(with_overrides(cfg, ["sample.n=16"]), plan(cfg, "sample")) != config_hash(cfg, plan(cfg, "sample"))
+
+
 def test_the_cli_prints_a_table_or_json_and_writes_nothing(tmp_path, capsys):
     recipe = _recipe(tmp_path)
     cfg = load_config(recipe)
