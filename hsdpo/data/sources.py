@@ -40,6 +40,8 @@ def read_json_records(path: str) -> Iterator[dict[str, Any] | Reject]:
         while chunk and not chunk.strip():  # only whitespace so far
             chunk = f.read(1 << 16)
         f.seek(0)
+        if chunk[:4] == b"PAR1":
+            raise InputError(f"data file {path} is Parquet; sources are JSON or JSONL (one object a line)")
         if chunk.lstrip()[:1] == b"[":
             data = f.read()
             try:

@@ -9,6 +9,7 @@ source, split, num_steps), `_rejects/` with reasons, and `_manifest.json`.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from hsdpo.config import InputError, PipelineConfig
@@ -55,7 +56,10 @@ def read_sources(cfg: PipelineConfig) -> tuple[list[dict[str, Any]], list[dict[s
                 keep.append(r)
         rows = keep
     if not rows:
-        raise InputError("data: no usable problems (check data.sources)")
+        counts = Counter(str(r.get("reason")) for r in rejects).most_common()
+        why = f": {len(rejects)} rows rejected ({', '.join(f'{n} {k}' for k, n in counts[:4])}" \
+              f"{', ...' if len(counts) > 4 else ''})" if rejects else ": the sources hold no rows"
+        raise InputError(f"data: no usable problems{why}; check data.sources")
     return rows, rejects
 
 

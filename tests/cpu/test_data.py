@@ -10,6 +10,7 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from hsdpo.config import load_config
@@ -284,6 +285,8 @@ def test_an_unreadable_source_or_no_usable_problem_is_one_line_and_keeps_the_pre
     deep.write_text("[" * 100_000)
     latin1 = tmp_path / "latin1.json"
     latin1.write_bytes('[{"question": "Combien font 1+1 ?", "answer": "Réponse #### 2"}]'.encode("latin-1"))
+    parquet = tmp_path / "problems.parquet"
+    pd.DataFrame({"question": ["Q?"], "answer": ["#### 1"]}).to_parquet(parquet)
     useless = tmp_path / "useless.jsonl"
     useless.write_bytes(b'{"question": "Q\xff?"}\nnot json\n')
     assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {broken}}}]") == \
@@ -292,8 +295,10 @@ def test_an_unreadable_source_or_no_usable_problem_is_one_line_and_keeps_the_pre
         f"hsdpo: data file {deep} is not usable JSON: nested too deeply"
     assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {latin1}}}]") == \
         f"hsdpo: data file {latin1} is not UTF-8: byte 48 is 0xe9"
+    assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {parquet}}}]") == \
+        f"hsdpo: data file {parquet} is Parquet; sources are JSON or JSONL (one object a line)"
     assert _fails_and_keeps(tmp_path, capsys, f"[{{name: gsm8k, path: {useless}}}]") == \
-        "hsdpo: data: no usable problems (check data.sources)"
+        "hsdpo: data: no usable problems: 2 rows rejected (1 bad_encoding, 1 bad_json); check data.sources"
 
 
 def test_sources_of_one_format_split_and_seed_get_ids_of_their_own(tmp_path, data_dir):
