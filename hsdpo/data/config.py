@@ -32,11 +32,21 @@ class SourceConfig(StrictModel):
     name: Literal["gsm8k", "math", "metamathqa", "synthetic"] = Field(description="source format")
     path: Location | None = Field(None, description="JSON/JSONL file, a local path or a URI (s3://, gs://); None = the hub dataset")
     hub_id: str | None = Field(None, description="hub dataset id (default per source)")
-    hub_split: str = Field("train", description="split of the hub dataset")
+    hub_split: str = Field("train", description="split of the hub dataset (to be given when `split` is not train)")
     split: str = Field("train", description="split label written to problems/ (train, test, ...)")
     limit: int | None = Field(None, ge=1, description="keep at most this many rows (after reading)")
     seed: int = Field(0, description="added to the run seed (synthetic draws)")
     synthetic: SyntheticConfig = Field(default_factory=SyntheticConfig)
+
+    @model_validator(mode="after")
+    def _hub_split_given(self) -> "SourceConfig":
+        # `{name: gsm8k, split: test}` would label the hub's train split as test problems; checked where
+        # the YAML is read (a config rebuilt from a dump sets every field)
+        if (self.name != "synthetic" and self.path is None and self.split != "train"
+                and "hub_split" not in self.model_fields_set):
+            raise ValueError(f"split {self.split!r} from the hub needs hub_split (the hub's own split, e.g."
+                             f" hub_split: {self.split}); without it the hub's train split would be read")
+        return self
 
 
 class DataConfig(StrictModel):

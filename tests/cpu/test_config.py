@@ -69,6 +69,8 @@ def test_no_file_gives_defaults():
         ("data: {sources: [{name: synthetic, synthetic: {min_value: 30}}]}\n", [],
          "bad config value at data.sources.0.synthetic: Value error, min_value 30 is above max_value 20"),
         ("", ["data.sources=[{name: synthetic, synthetic: {min_steps: 3}}]"], "min_steps 3 is above max_steps 2"),
+        ("data: {sources: [{name: gsm8k, split: test}]}\n", [],
+         "bad config value at data.sources.0: Value error, split 'test' from the hub needs hub_split"),
         ("", ["data.sources=[{name: synthetic, synthetic: {ops: []}}]"],
          "bad config value at data.sources.0.synthetic.ops: List should have at least 1 item"),
         ("", ["dpo.eval_fraction=1"], "bad config value at dpo.eval_fraction"),
