@@ -12,7 +12,7 @@ Per problem (its samples, each a dict with the verdict columns):
   sample_id. When none is correct and `use_gold` is set, the gold solution (pair kind "gold");
 - rejected (negatives="hard"): hard negatives first (kind "hard"), then the other wrong samples
   (kind "easy"), each group nearest-miss first (lowest wrongness, then absurdity, then
-  sample_id), identical completions once, up to `pairs_per_problem`. Samples with the right answer
+  sample_id), identical completions (stripped) once, up to `pairs_per_problem`. Samples with the right answer
   that are not correct (cut at the token limit, `verifier.require_complete`) come after every wrong
   answer, as the least wrong. A wrong sample whose text
   is the chosen text (stripped) is never a rejected one (excluded as `same_as_chosen`);
@@ -176,11 +176,13 @@ def _nearest_first(r: Row) -> tuple:
 
 
 def _distinct(rows: list[Row]) -> list[Row]:
-    """The first row of each completion text, in order (a text twice would make the same pair twice)."""
+    """The first row of each completion text (stripped, as `same_as_chosen` compares), in order: a
+    text twice would make the same pair twice."""
     out, seen = [], set()
     for r in rows:
-        if r["completion"] not in seen:
-            seen.add(r["completion"])
+        text = str(r["completion"]).strip()
+        if text not in seen:
+            seen.add(text)
             out.append(r)
     return out
 
