@@ -128,7 +128,8 @@ def _finite(value: Any) -> bool:
         return False
 
 
-def _flags(row: Row) -> set[str]:
+def row_flags(row: Row) -> set[str]:
+    """A verdict row's flags as a set (stored as a comma-joined string or a list)."""
     flags = row.get("flags")
     if isinstance(flags, str):
         return {f.strip() for f in flags.split(",")}
@@ -139,7 +140,7 @@ def unusable_reason(row: Row) -> str | None:
     """Why a sample can be neither chosen nor rejected (one of EXCLUDE_REASONS), or None."""
     if row.get("error"):
         return "error"
-    flags = _flags(row)
+    flags = row_flags(row)
     if "verifier_error" in flags:
         return "verifier_error"
     if not row.get("correct") and flags & UNDECIDED_FLAGS:

@@ -6,7 +6,9 @@ A *row* is one verified solution of one problem by one model: `problem_id`, `mod
 `num_steps`).
 
 - accuracy = greedy-correct problems / problems evaluated (a problem with no greedy row counts
-  as wrong and as `missing`); the same by `source`, by `num_steps` and on the near-miss subset.
+  as wrong and as `missing`; a greedy answer the verifier could not decide, its symbolic check
+  timed out or failed, counts as wrong and as `undecided`); the same by `source`, by `num_steps`
+  and on the near-miss subset.
 - near-miss subset = problems where the reference model's (the SFT model's) greedy answer is wrong
   and the verifier called it a hard negative; its sampled rows (`eval.n`) do not widen the subset,
   so the subset, and the accuracies on it, do not depend on `eval.n`.
@@ -28,6 +30,15 @@ from typing import Any, Iterable
 ERR_DIMS = ("answer", "numeric", "arithmetic", "logic", "format", "implausibility")
 
 Row = dict[str, Any]
+
+
+def undecided(row: Row) -> bool:
+    """A wrong verdict the verifier could not decide (symbolic check timed out or failed, or the
+    verifier itself did): the answer may be right."""
+    from hsdpo.pairs import UNDECIDED_FLAGS, row_flags
+
+    flags = row_flags(row)
+    return not row.get("correct") and bool(flags & (UNDECIDED_FLAGS | {"verifier_error", "timeout"}))
 
 
 def rate(correct: Iterable[bool]) -> dict[str, Any]:
@@ -145,6 +156,7 @@ def summarize_model(rows: list[Row], problems: list[Row], near_miss: set[str] | 
     pids = [p["problem_id"] for p in problems]
     out = accuracy(greedy, pids)
     out["missing"] = sum(pid not in greedy for pid in pids)
+    out["undecided"] = sum(pid in greedy and undecided(greedy[pid]) for pid in pids)
     out["by_source"] = accuracy_by(greedy, problems, "source")
     out["by_steps"] = accuracy_by(greedy, problems, "num_steps")
     if near_miss is not None:

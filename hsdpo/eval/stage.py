@@ -158,6 +158,10 @@ def _build(cfg: PipelineConfig, out: str, paths: dict[str, str], problems: list[
         summary["models"][name].update(extra)
     files = write_outputs(out, summary, report_inputs(cfg), title=f"{cfg.name}: evaluation", plots=cfg.eval.plots)
     print(format_comparison(summary), flush=True)
+    for name, m in summary["models"].items():
+        if m.get("undecided"):
+            log(f"eval: {name}: {m['undecided']} greedy answers the verifier could not decide (symbolic check timed"
+                " out or failed) count as wrong; verifier.timeout_s raises its budget")
     return StageResult(
         stage="eval", output=cfg.eval.output, path=out,
         rows={"problems": len(problems), **{f"solutions: {k}": len(v) for k, v in rows_by_model.items()}},

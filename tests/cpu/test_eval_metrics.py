@@ -73,6 +73,16 @@ def test_missing_greedy_row_counts_as_wrong():
     assert "near_miss" not in m  # no reference model
 
 
+def test_an_undecided_greedy_answer_counts_as_wrong_and_as_undecided():
+    # p2: the symbolic check timed out (flags as the sample stage stores them); p3: verifier error;
+    # p4: wrong and decided; p5: a timeout flag on a right answer is no undecided one
+    rows = [g("p1", True), {**g("p2", False), "flags": "symbolic_timeout"}, {**g("p3", False), "flags": ["verifier_error"]},
+            {**g("p4", False), "flags": "arithmetic_error"}, {**g("p5", True), "flags": "symbolic_timeout"}]
+    m = summarize({"m": rows}, PROBLEMS)["models"]["m"]
+    assert (m["accuracy"], m["undecided"], m["missing"]) == (pytest.approx(2 / 5), 2, 0)
+    assert summarize({"sft": SFT}, PROBLEMS)["models"]["sft"]["undecided"] == 0
+
+
 def test_near_miss_ref_absent_gives_no_subset():
     summary = summarize({"dpo": DPO}, PROBLEMS, near_miss_ref="sft")
     assert summary["near_miss"] == {"ref": None, "n": 0}
