@@ -77,6 +77,11 @@ def _build(cfg: PipelineConfig, out: str, samples: list[dict[str, Any]]) -> Stag
         pairs += got.pairs
         rejects += [{"reason": why, "row": f"{pid}/{r.get('sample_id')}", "source": str(r.get("source") or "")}
                     for r, why in got.excluded]
+    if not pairs:  # what reflogp and dpo would refuse later, after this had replaced the pairs they had
+        why = ", ".join(f"{n} {r}" for r, n in no_pair.most_common())
+        hint = "; set pairs.use_gold=true to pair the gold solution with wrong ones" if no_pair["all_wrong_no_gold"] \
+            else ""
+        raise InputError(f"pairs: none of the {len(groups)} problems gave a pair ({why or 'no samples'}){hint}")
     raw = [p.weight for p in pairs]
     normalise_pairs(pairs)
     counts: Counter = Counter()
@@ -85,8 +90,7 @@ def _build(cfg: PipelineConfig, out: str, samples: list[dict[str, Any]]) -> Stag
         pid = p.rejected["problem_id"]
         rows_out.append({**pair_row(f"{pid}/{counts[pid]}", p, VERDICT_COLUMNS), "weight_raw": w_raw})
         counts[pid] += 1
-    if rows_out:
-        write_rows(rows_out, join(out, "pairs.parquet"))
+    write_rows(rows_out, join(out, "pairs.parquet"))
     kinds = Counter(p.kind for p in pairs)
     rows = {"problems": len(groups), "problems_with_pairs": len(counts), "pairs": len(pairs),
             "pairs: rejected cut at first error": sum(p.rejected_cut for p in pairs),

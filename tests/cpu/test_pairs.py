@@ -294,6 +294,20 @@ def test_pairs_stage_refuses_unverified_samples_and_keeps_its_output(tmp_path):
     assert len(read_rows(first.path)) == 3 and (Path(first.path) / "_manifest.json").exists()
 
 
+def test_pairs_stage_that_would_mine_no_pair_is_one_line_and_keeps_its_output(tmp_path):
+    """No pair at all (every sampled problem all correct, or all wrong with use_gold off) is what reflogp
+    and dpo refuse later; refused here, the pairs of the last run stay in place."""
+    cfg = _stage_cfg(tmp_path)
+    first = run_pairs(cfg)
+    rows = [r for r in read_rows(cfg.run_dir + "/samples") if r["problem_id"] in ("b", "c")]
+    write_rows(rows, cfg.run_dir + "/samples/part-0.parquet")
+    with pytest.raises(InputError) as err:
+        run_pairs(with_overrides(cfg, ["pairs.use_gold=false"]))
+    assert str(err.value) == ("pairs: none of the 2 problems gave a pair (1 all_wrong_no_gold, 1 all_correct); set"
+                              " pairs.use_gold=true to pair the gold solution with wrong ones")
+    assert len(read_rows(first.path)) == 3 and RunDir(cfg.run_dir).manifest("pairs")["rows"]["pairs"] == 3
+
+
 def test_pairs_stage_uniform_weights_are_all_one(tmp_path):
     result = run_pairs(_stage_cfg(tmp_path, weighting="uniform"))
     assert [r["weight"] for r in read_rows(result.path)] == [1.0, 1.0, 1.0]
