@@ -1,6 +1,6 @@
 """The `vllm` sampler backend (GPU production path): Ray's `ray.data.llm` vLLM processor.
 
-Written against the public APIs pinned by the `vllm` extra (vllm==0.33.*, ray[llm] 2.60):
+Written against the public APIs pinned by the `vllm` extra (ray[llm] 2.60, which pins vllm 0.29.0):
 `ray.data.llm.vLLMEngineProcessorConfig` + `build_processor`, with per-row
 `vllm.SamplingParams` fields in a `sampling_params` column (temperature, top_p, max_tokens,
 stop, seed). Ray's own chat-template / tokenize / detokenize stages are off: the prompt is
