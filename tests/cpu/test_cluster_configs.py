@@ -1,6 +1,7 @@
 """The cluster configs in cluster/: launcher YAMLs validate against the autoscaler schema shipped
 inside the installed `ray` (and through Ray's own loader), scale GPU and CPU worker groups from
-zero, pin the project's version, turn token authentication on, and open no Ray port to the
+zero, install this checkout on every node, give the workers the identity that reaches the bucket,
+turn token authentication on, and open no Ray port to the
 internet; the KubeRay manifests autoscale the same way. No cloud account is touched."""
 
 from __future__ import annotations
@@ -117,8 +118,41 @@ def test_launcher_yaml_installs_this_version_in_a_ray_image(path):
     from ray import __version__ as ray_version
 
     assert config["docker"]["image"].startswith(f"rayproject/ray:{ray_version}-"), "the pinned Ray's image"
+    # hsdpo is not on a package index: every node installs the checkout file_mounts copied (one
+    # source, so one version on every node), without what .gitignore lists (.venv/, runs/) or .git/
+    assert config["file_mounts"]["~/hsdpo"] == "."
+    assert config["rsync_filter"] == [".gitignore"] and "**/.git" in config["rsync_exclude"]
     setup = " ".join(config["setup_commands"])
-    assert f'"hsdpo[vllm]=={VERSION}"' in setup, f"setup_commands must install hsdpo[vllm]=={VERSION}"
+    assert '"$HOME/hsdpo[vllm]"' in setup, "setup_commands must install the mounted checkout with the vllm extra"
+    assert "hsdpo[vllm]==" not in setup
+
+
+@pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
+def test_every_worker_type_carries_the_identity_that_reaches_the_bucket(path):
+    """The launcher gives its instance profile (AWS) or service account (GCP) to the head only; the
+    workers write run_dir=s3://... or gs://... (checkpoints, samples) and name it themselves."""
+    config = load(path)
+    for name, t in config["available_node_types"].items():
+        if name == config["head_node_type"]:
+            continue
+        node = t["node_config"]
+        if config["provider"]["type"] == "aws":
+            assert node["IamInstanceProfile"]["Arn"].endswith(":instance-profile/ray-autoscaler-v1"), name
+        else:
+            (account,) = node["serviceAccounts"]
+            assert account["email"].startswith("ray-autoscaler-sa-v1@"), name
+            assert "https://www.googleapis.com/auth/cloud-platform" in account["scopes"], name
+
+
+def test_the_vllm_extra_is_the_one_rays_llm_processor_pins():
+    """ray[llm] 2.60 pins vllm[audio]==0.29.0; a vllm pin of our own beside it could never resolve."""
+    import importlib.metadata
+
+    text = (REPO / "pyproject.toml").read_text()
+    extra = re.search(r'^vllm = \[(.*)\]$', text, re.M).group(1)
+    assert extra == '"ray[llm]>=2.60,<2.61"'
+    pins = [r for r in importlib.metadata.requires("ray") if r.startswith("vllm") and 'extra == "llm"' in r]
+    assert pins and all("==" in r for r in pins)
 
 
 @pytest.mark.parametrize("path", LAUNCHER_YAMLS, ids=lambda p: p.name)
@@ -131,7 +165,7 @@ def test_launcher_yaml_turns_token_auth_on_and_keeps_the_dashboard_local(path):
     for cmds in (head, worker):
         assert "RAY_AUTH_MODE=token" in cmds
     assert "--dashboard-host=127.0.0.1" in head
-    assert config["file_mounts"] == {"~/.ray/auth_token": "~/.ray/auth_token"}, "the token travels as a file, not text"
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token", "the token travels as a file, not text"
 
 
 @pytest.mark.parametrize("path", all_config_files(), ids=lambda p: str(p.relative_to(REPO)))
