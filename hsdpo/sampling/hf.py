@@ -107,6 +107,35 @@ def _resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, dtype)
 
 
+class CompletionStops:
+    """A `generate` stopping criterion: a row is done once a stop string appears in the text it has
+    generated. transformers' own `StopStringCriteria` matches the end of the whole sequence, prompt
+    included, so a stop string that starts in the prompt (`" Question:"` after a prompt ending in a
+    space) ended a row on text the model never wrote; vLLM, too, looks at the generated text only.
+    Transformers' check (on the device, every step) finds the candidates; a row it flags is
+    confirmed on its last `window` generated tokens, decoded (a stop string of c characters spans
+    at most c tokens)."""
+
+    def __init__(self, tokenizer: Any, stops: Sequence[str], prompt_len: int):
+        from transformers import StopStringCriteria
+
+        self.tokenizer, self.stops, self.prompt_len = tokenizer, list(stops), prompt_len
+        self.window = max(len(x) for x in self.stops) + 2
+        self.candidates = StopStringCriteria(tokenizer, self.stops)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        hit = self.candidates(input_ids, scores)
+        if not bool(hit.any()):
+            return hit
+        rows = hit.nonzero().squeeze(-1).tolist()
+        tails = input_ids[rows, self.prompt_len:][:, -self.window:].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        for row, text in zip(rows, texts):
+            if not any(x in text for x in self.stops):
+                hit[row] = False
+        return hit
+
+
 class HFSampler:
     """Loads the model and tokenizer once; each call decodes one batch (numpy columns in and out).
 
@@ -188,17 +217,18 @@ class HFSampler:
         """One `generate` call over rows whose prompts all leave room for `max_new_tokens` in the
         context: a row's positions count from its first real token, so the last one computed is its
         prompt length + max_new_tokens - 2."""
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         input_ids, mask = self._pad_left(ids)
         prompt_len = input_ids.shape[1]
         seeds_t = torch.tensor(seeds, dtype=torch.int64, device=self.device)
         gen_cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                                   eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id,
-                                   stop_strings=self.stop_strings or None)
+                                   eos_token_id=self.eos_ids or None, pad_token_id=self.pad_id)
         sampling = SeededSampling(seeds_t, prompt_len, self.temperature, self.top_p)
+        stops = StoppingCriteriaList([CompletionStops(self.tokenizer, self.stop_strings, prompt_len)]
+                                     if self.stop_strings else [])
         out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg,
-                                  tokenizer=self.tokenizer, logits_processor=LogitsProcessorList([sampling]))
+                                  logits_processor=LogitsProcessorList([sampling]), stopping_criteria=stops)
         return [self._finish(row) for row in out[:, prompt_len:].cpu().numpy()]  # [B, T_new]
 
     def _pad_left(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

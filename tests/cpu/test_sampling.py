@@ -289,6 +289,36 @@ def test_a_tokenizer_without_a_pad_token_counts_the_same_tokens(tiny_model_dir, 
         assert list(b[k]) == list(a[k])
 
 
+def test_a_stop_string_that_starts_in_the_prompt_does_not_end_the_row(tiny_model_dir):
+    """The prompt ends in "Answer: "; a stop string of that space and the row's first generated token
+    would end the row there if the prompt counted (transformers' stop_strings read the whole
+    sequence). Only generated text stops a row, as in vLLM: the row decodes as it does without the
+    stop string, cut where that text comes again inside it."""
+    from hsdpo.sampling.hf import HFSampler
+
+    kw = dict(temperature=1.0, max_new_tokens=12, torch_threads=1)
+    free = HFSampler(str(tiny_model_dir), **kw)
+    generated: list[list[int]] = []
+    finish = free._finish
+    free._finish = lambda tokens: (generated.append(tokens.tolist()), finish(tokens))[1]  # what it generated
+    assert str(PROMPTS[0]).endswith(" ")
+    for seed in range(1, 200):  # a seed whose first generated token is whole printable text
+        generated.clear()
+        unstopped = free({"prompt": PROMPTS[:1], "seed": np.array([seed])})
+        first = free.tokenizer.decode(generated[0][:1])
+        if first.strip() and first.isprintable() and "\ufffd" not in first and not first.startswith(" "):
+            break
+    else:
+        pytest.fail("no seed gave a printable first token")
+    stop = " " + first
+    text = unstopped["completion"][0]
+    out = HFSampler(str(tiny_model_dir), stop_strings=[stop], **kw)({"prompt": PROMPTS[:1], "seed": np.array([seed])})
+    assert out["completion"][0] == (text[: text.find(stop)] if stop in text else text)
+    if stop not in text:
+        assert (out["finish_reason"][0], out["num_tokens"][0]) == (unstopped["finish_reason"][0],
+                                                                   unstopped["num_tokens"][0])
+
+
 def test_a_prompt_longer_than_the_context_is_an_error_row_and_the_others_decode(tiny_model_dir):
     """vLLM refuses such a prompt too; here it is never padded into (or decoded with) the batch."""
     from hsdpo.sampling.hf import HFSampler
