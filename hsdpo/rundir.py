@@ -83,12 +83,12 @@ def _listing(fs: Any, root: str) -> list[tuple[str, Any, str]]:
 def fingerprint(path: str) -> str | None:
     """What changes when a file or folder outside the run dir that a stage reads (a data file, a model
     folder) is rewritten: a hash of each of its files' name, size and version (ETag, generation or
-    mtime); None when nothing is there. Run-dir stages are known by their manifests instead."""
-    local = not is_uri(path)
-    fs, root = _fs(os.path.abspath(os.path.expanduser(path)) if local else path)
+    mtime); None when nothing is there, or it cannot be read from here (no credentials for its bucket,
+    no driver for its scheme). Run-dir stages are known by their manifests instead."""
     try:
+        fs, root = _fs(os.path.abspath(os.path.expanduser(path)) if not is_uri(path) else path)
         listing = _listing(fs, root.rstrip("/"))
-    except (OSError, ValueError):
+    except Exception:  # noqa: BLE001 -- botocore, gcsfs and HTTP errors are no OSError
         return None
     return hashlib.sha256(json.dumps(listing).encode()).hexdigest()[:16] if listing else None
 
@@ -280,8 +280,9 @@ class RunDir:
         if set(recorded) != set(now):
             return ("input re-made", ", ".join(sorted(set(recorded) ^ set(now))))
         if isinstance(m.get("files"), dict):
-            for path in files:
-                if m["files"].get(path) != fingerprint(path):
+            # a recorded path no longer among `files` with the config unchanged: a model folder gone
+            for path in dict.fromkeys([*files, *m["files"]]):
+                if m["files"].get(path) != (fingerprint(path) if path in files else None):
                     return ("file changed", path)
         return None
 

@@ -128,7 +128,7 @@ def _step_status(cfg: PipelineConfig, stage: str, remade: set[str], conditional:
                 st.why += " (the stored samples are verified again, no sampling)"
         return st
     if why is not None and why[0] == "file changed":
-        st.state, st.why = "stale", f"{why[1]} changed since this ran (or is gone)"
+        st.state, st.why = "stale", f"{why[1]} changed since this ran (or is gone, or cannot be read from here)"
         return st
     later = [name for name in p.inputs if name in remade]
     if why is not None or later:

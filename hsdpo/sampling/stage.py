@@ -39,11 +39,17 @@ GENERATION_METRICS = ("tokens", "tokens_per_s", "solutions_per_s", "errors", "fi
 
 def generation_key(cfg: PipelineConfig) -> str:
     """What the stored completions depend on: the sample settings but the verifier's, the model
-    section, the seed, and the inputs (problems, a run-dir model) as they are now."""
+    section, the seed, and the inputs (problems, a run-dir model) and files (a model folder outside
+    the run dir, retrained in place) as they are now."""
+    from hsdpo.rundir import fingerprint
+
     dumped = without_run_only(PipelineConfig, cfg.model_dump(mode="json"))
+    p = plan(cfg, "sample")
     blob = {"sample": {k: v for k, v in dumped["sample"].items() if k not in VERIFY_ONLY},
             "model": dumped["model"], "seed": dumped["seed"],
-            "inputs": RunDir(cfg.run_dir).input_hashes(list(plan(cfg, "sample").inputs))}
+            "inputs": RunDir(cfg.run_dir).input_hashes(list(p.inputs))}
+    if p.files:  # absent otherwise: keys of stores written before files were recorded stay the same
+        blob["files"] = {f: fingerprint(f) for f in p.files}
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 

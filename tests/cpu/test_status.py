@@ -241,15 +241,25 @@ def test_a_data_file_or_model_folder_rewritten_outside_the_run_dir_leaves_its_st
     _finish(cfg, "sample")
     assert _states(cfg)[0][:2] == ("problems", "current") and run_data(cfg).skipped
 
+    from hsdpo.sampling.stage import generation_key
+
+    key = generation_key(cfg)
     (model / "config.json").write_text((model / "config.json").read_text() + " ")  # retrained in place
-    assert _states(cfg)[2] == ("samples", "stale", f"{model} changed since this ran (or is gone)")
+    assert _states(cfg)[2] == ("samples", "stale", f"{model} changed since this ran (or is gone, or cannot be read from here)")
+    assert generation_key(cfg) != key  # the stored completions are the old model's: sampled again, not re-verified
     src.write_text("".join(lines[:40]))
     os.utime(src, (1, 1))  # a new size, and a new mtime even on a coarse clock
-    assert _states(cfg)[0] == ("problems", "stale", f"{src} changed since this ran (or is gone)")
+    assert _states(cfg)[0] == ("problems", "stale", f"{src} changed since this ran (or is gone, or cannot be read from here)")
     assert run_data(cfg).rows["problems"] == 40
     assert _states(cfg)[0][1] == "current"
     src.unlink()
     assert _states(cfg)[0][1] == "stale"
+    _finish(cfg, "sample")
+    shutil.rmtree(model)  # gone: no longer a folder, so no longer among the files, and still recorded
+    assert _states(cfg)[2][:2] == ("samples", "stale")
+    from hsdpo.rundir import fingerprint
+
+    assert fingerprint("memory://nothing/here.jsonl") is None and fingerprint(str(tmp_path / "none")) is None
 
 
 def test_a_run_dir_under_home_is_expanded_not_a_folder_named_tilde(tmp_path, monkeypatch):
