@@ -85,25 +85,28 @@ def _cap(s: str) -> str:
 
 
 # `#### Final Answer`, `#### Step 2: Total`: a markdown heading, not `#### N`. Content that opens
-# with a word of two or more letters is one (`#### x = 5` and `#### 72 clips` are answers).
-_HEADING_WORD = re.compile(r"[ \t*_]*[A-Za-z]{2,}")
+# with a word of two or more letters and goes on is one; a lone word is an answer (`#### Evelyn`)
+# unless it is a heading's word. `#### x = 5` and `#### 72 clips` are answers.
+_HEADING_WORD = re.compile(r"[ \t*_]*[A-Za-z]{2,}\S*[ \t]+\S")
+_HEADING_ALONE = re.compile(r"[ \t*_]*(?:answer|solution|summary|conclusion|explanation|steps?|results?)[ \t*_:]*$",
+                            re.I)
 
 
 def _hash_matches(text: str) -> list[tuple[int, str]]:
     out = []
     for m in _HASH.finditer(text):
         raw = m.group(1)
-        if not raw.strip() or _HEADING_LABEL.match(raw) or _HEADING_WORD.match(raw):
+        if not raw.strip() or _HEADING_LABEL.match(raw) or _HEADING_WORD.match(raw) or _HEADING_ALONE.match(raw):
             continue
-        if tail := _answer_line_content(raw):
+        if tail := _marked_content(raw):
             out.append((m.start(), tail))
     return out
 
 
 def _answer_is_matches(text: str) -> list[tuple[int, str]]:
-    """Each `answer is` with the answer the rest of its line states (read as an `Answer:` line's:
-    `72, which is the total.` -> 72; `larger than 48.` states none), unless another `answer is`
-    follows on that line."""
+    """Each `answer is` with the answer the rest of its line states (`_marked_content`: `72, which
+    is the total.` -> 72; `larger than 48.` states none), unless another `answer is` follows on
+    that line."""
     matches = list(_ANSWER_IS.finditer(text))
     out = []
     for i, m in enumerate(matches):
@@ -111,7 +114,7 @@ def _answer_is_matches(text: str) -> list[tuple[int, str]]:
         end = text.find("\n", m.end(), stop)  # bounded by the next match: linear overall
         if end < 0 and stop < len(text):
             continue
-        tail = _answer_line_content(text[m.end() : end if end >= 0 else stop])
+        tail = _marked_content(text[m.end() : end if end >= 0 else stop])
         if tail:
             out.append((m.start(), tail))
     return out
@@ -122,10 +125,11 @@ def _answer_is_matches(text: str) -> list[tuple[int, str]]:
 # A number, then at most three (unit) words, then nothing or a remark (`, which ...`, `(...)`,
 # `because ...`): the number is the answer.
 _LEAD_NUMBER = re.compile(
-    r"(-?(?:\\?\$)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?)"
-    r"(?:[ \t]+(?!(?:times|plus|minus|over|divided|and|or|to|of)\b)[A-Za-z]+){0,3}"
+    r"(-?(?:\\?\$)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?"
+    r"(?:[ \t]+(?:hundred|thousand|million|billion|trillion)\b)*)"  # a scale word is the number's (`$2 million`)
+    r"(?:[ \t]+(?!(?:times|plus|minus|over|divided|and|or|to|of|by|for|if)\b)[A-Za-z]+){0,3}"
     r"[ \t]*(?:$|\(|[,;][ \t]*[A-Za-z]|\.\s"
-    r"|(?<=[ \t])(?:because|since|as|so|which|given|thus|hence|after|from|by|when|if|for)\b)"
+    r"|(?<=[ \t])(?:because|since|so|which|given|thus|hence)\b)"
 )
 # A word, then a word of two or more letters, is prose, no answer: `First, we`. A word right
 # after `\\` or `{` starts none (`\\text{even}`, `\\frac{a}{b}`).
@@ -141,6 +145,19 @@ def _answer_line_content(raw: str) -> str:
     if head.startswith(("$", "\\(", "\\[", "\\boxed", "\\fbox")):  # math is an answer, words and all
         return s
     return "" if s.endswith(":") or _PROSE.search(s) else s
+
+
+def _marked_content(raw: str) -> str:
+    """The answer the rest of a `####` or `answer is` line states: a number first is that number (a
+    remark after it dropped, as on an `Answer:` line); text that opens with a word, reads as prose
+    and holds a number (`larger than 48.`) states none; anything else is taken whole (`2\\sqrt{3}
+    square units`, `\\pi`, `New York`, `\\text{Navin from Mauritius}`)."""
+    s = _clean_tail(raw)
+    if (lead := _LEAD_NUMBER.match(s)) is not None:
+        return lead.group(1)
+    if s[:1].isalpha() and _PROSE.search(s) and any(c.isdigit() for c in s):
+        return ""
+    return s
 
 
 def _answer_line_matches(text: str) -> list[tuple[int, str]]:

@@ -18,8 +18,9 @@ from hsdpo.configbase import StrictModel
 # line's (a remark after the number), a `#### Heading` is no answer. 4: an answer too large to
 # evaluate is off by orders of magnitude, one with no numeric value against a numeric gold of the
 # wrong kind (implausibility). 5: a scale word multiplies (`$2 million`), units may hold `/` and a
-# power (`5 km/h`).
-VERIFIER_VERSION = 5
+# power (`5 km/h`). 6: `####` / `answer is` content not led by a number is read whole again (LaTeX,
+# word answers), a lone `#### Word` is an answer, a scale word is part of a marked number.
+VERIFIER_VERSION = 6
 
 DEFAULT_CONSTANTS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 24, 30, 31, 48, 52, 60, 100, 365, 366, 1000, 3600]
 

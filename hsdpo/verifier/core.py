@@ -227,8 +227,9 @@ def _verify(
     pred_value = eq.pred_value if eq is not None else None
 
     fmt = _format_parts(text, ext.rule, pred, eq, finish_reason, cfg, limits, symbolic_deadline)
-    impl = implausibility_parts(pred_value, gold_value, len(text), repetition(analysed), cfg, has_answer=pred is not None,
-                                too_large=eq is not None and "answer_too_large" in eq.flags)
+    impl = implausibility_parts(pred_value, gold_value, len(text), repetition(analysed), cfg,
+                                has_answer=pred is not None and not equal,
+                                too_large=not equal and eq is not None and "answer_too_large" in eq.flags)
     arithmetic = sum(not c.ok for c in a.comps) / len(a.comps) if a.comps else 0.0
     profile = ErrorProfile(
         answer=0.0 if equal else 1.0,

@@ -332,9 +332,12 @@ def has_operator(toks: list[Tok]) -> bool:
 
 
 _SCI = re.compile(r"([-+]?)(\d+(?:\.\d+)?|\.\d+)[eE]([-+]?\d{1,12})")
-_UNITS_TAIL = re.compile(r"(?:\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[A-Za-z][A-Za-z.'’/]*(?:\^\{?\d\}?)?)+\s*$")
+# Unit words after the number: `72 clips`, `5 \\text{ cm}`; a word of two or more letters may go on
+# with `/` and a power (`5 km/h`, `5 cm^2`), a lone letter may not (`2 x^2`, `3 a/b` are algebra).
+_UNITS_TAIL = re.compile(r"(?:\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[A-Za-z]{2,}[A-Za-z.'’]*(?:/[A-Za-z]+)*"
+                         r"(?:\^\{?\d\}?)?|\s+[A-Za-z][A-Za-z.'’]*)+\s*$")
 # A scale word right after the number multiplies it (`$2 million`, `3.5 thousand`); other words are units.
-_SCALE = re.compile(r"(?<=\d)\s*(hundred|thousand|million|billion|trillion)\b", re.I)
+_SCALE = re.compile(r"(?<=\d)((?:\s*(?:hundred|thousand|million|billion|trillion)\b)+)", re.I)
 SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}
 _STRIP = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\%|%|\\!|\\,|\\;|\\ |\\\$|\$|\\left\.|\\right\.")
 _ASSIGN = re.compile(r"^\s*[A-Za-z](?:_\{?\w+\}?)?\s*=\s*")
@@ -359,9 +362,10 @@ def parse_number(text: str, limits: Limits = DEFAULT_LIMITS) -> Fraction | None:
     s = _STRIP.sub(" ", s)
     scale = 1
     if len(s) <= 200:  # units are short; the regex is quadratic in what it scans
-        if (word := _SCALE.search(s)) is not None:
-            scale = SCALES[word.group(1).lower()]
-            s = s[: word.start()] + " " + s[word.end():]
+        if (words := _SCALE.search(s)) is not None:  # `2 hundred thousand` is 200000
+            for word in words.group(1).split():
+                scale *= SCALES[word.lower()]
+            s = s[: words.start()] + " " + s[words.end():]
         s = _UNITS_TAIL.sub("", s)
     s = s.strip().rstrip(".").strip()
     if not s:

@@ -95,6 +95,16 @@ def _symbolic_child() -> None:
         ("#### Step 2: Total\n48 + 24 = 72\n\n**Answer:** 72", "72", "answer_line"),
         ("48 + 24 = 72\n#### The final answer is 72", "72", "answer_is"),
         ("#### 72 clips", "72", "hash"),
+        ("#### Evelyn", "Evelyn", "hash"),  # a lone word is an answer, a heading's word is not
+        ("#### Answer\n48 + 24 = 72", "72", "last_number"),
+        ("He earns $2 million a year.\n#### $2 million", "$2 million", "hash"),  # the scale word is the number's
+        ("So the answer is 200 thousand dollars.", "200 thousand", "answer_is"),
+        # what does not start with a number is read whole, as before: LaTeX, words, a product
+        ("The answer is 2\\sqrt{3} square units.", "2\\sqrt{3} square units", "answer_is"),
+        ("Therefore, the answer is \\pi square units.", "\\pi square units", "answer_is"),
+        ("The answer is New York.", "New York", "answer_is"),
+        ("The answer is: \\text{Navin from Mauritius}", "\\text{Navin from Mauritius}", "answer_is"),
+        ("The answer is: 6 by 4", "6 by 4", "answer_is"),
         ("#### x = 5", "x = 5", "hash"),
         ("#### -3.5", "-3.5", "hash"),
         ("So she sold 72, which is all of them", "72", "last_number"),
@@ -162,7 +172,8 @@ def test_answers_equivalent(pred: str, gold: str, equal: bool) -> None:
      # a scale word multiplies, a unit (also with / or a power) is dropped
      ("2 million", Fraction(2_000_000)), ("$1.5 million", Fraction(1_500_000)), ("3 thousand dollars", Fraction(3000)),
      ("-2 billion", Fraction(-2 * 10**9)), ("2 millionaires", Fraction(2)), ("two million", None),
-     ("5 km/h", Fraction(5)), ("9.8 m/s^2", Fraction(49, 5)), ("5 cm^2", Fraction(5))],
+     ("2 hundred thousand", Fraction(200_000)), ("5 km/h", Fraction(5)), ("5 cm^2", Fraction(5)),
+     ("2 x^2", None), ("3 a/b", None)],  # a lone letter with a power or a slash is algebra, not a unit
 )
 def test_parse_number(text: str, value: Fraction | None) -> None:
     assert parse_number(text) == value
@@ -512,3 +523,4 @@ def test_an_answer_with_no_value_against_a_numeric_gold_is_implausible_not_a_har
     assert v.absurdity > CFG.tau_absurdity and not v.hard_negative
     near = verify(slip.rsplit("#### ", 1)[0] + "#### 73", "72", QUESTION)
     assert near.hard_negative and "wrong_kind" not in near.flags  # the same slip with a number stays one
+    assert "wrong_kind" not in verify("The answer is 5 \\text{ cm}^2", "5").flags  # right: no implausibility part
