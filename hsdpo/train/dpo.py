@@ -101,16 +101,32 @@ def _body(cfg: PipelineConfig, out: str, inputs: list[str], force: bool, model_p
                        rejects=write_rejects(out, rejects), metrics=summary(history, keys))
 
 
-def check_reference(cfg: PipelineConfig) -> None:
+def check_reference(cfg: PipelineConfig, model_path: str | None = None) -> None:
     """The reference log-probs of `dpo.pairs_from` cover the tokens this run scores: a `reflogp` output's
-    manifest records the `reflogp.max_length` it kept, this config's reflogp output or any other."""
+    manifest records the `reflogp.max_length` it kept, this config's reflogp output or any other, and
+    (checked once `model_path` is known) the special tokens it put in front of each prompt (none
+    before hsdpo tokenised prompts as the samplers do; a Llama-style tokenizer puts a BOS there),
+    which the policy's tokenizer must put there too."""
     d = cfg.dpo
     m = RunDir(cfg.run_dir).manifest(d.pairs_from) or {}
-    ref = ((m.get("config") or {}).get("reflogp") or {}).get("max_length") if m.get("stage") == "reflogp" else None
+    if m.get("stage") != "reflogp":
+        return
+    ref = ((m.get("config") or {}).get("reflogp") or {}).get("max_length")
     if ref is not None and ref != d.max_length:
         raise ConfigError(f"dpo.pairs_from {d.pairs_from!r} holds reference log-probs of reflogp.max_length {ref}"
                           f" and dpo.max_length is {d.max_length}: reference and policy log-probs must cover the"
                           " same tokens")
+    if model_path is None:
+        return
+    from hsdpo.model import load_tokenizer
+    from hsdpo.train.tokenize import lead_specials
+
+    recorded = m.get("prompt_specials", 0)
+    now = lead_specials(load_tokenizer(model_path, cfg.model.trust_remote_code))
+    if recorded != now:
+        raise InputError(f"dpo.pairs_from {d.pairs_from!r} holds reference log-probs scored with {recorded} special"
+                         f" token(s) before each prompt and the policy's tokenizer puts {now} there; score them again"
+                         " (hsdpo reflogp CONFIG --force)")
 
 
 def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
@@ -129,6 +145,7 @@ def run_dpo(cfg: PipelineConfig, force: bool = False) -> StageResult:
         check_reference(cfg)
         resolved["model"] = resolve_model_path(cfg.run_dir, d.init_from)
         check_tokenizer("dpo", resolved["model"], resolved["model"], cfg.model.trust_remote_code)
+        check_reference(cfg, resolved["model"])
         init_ray(cfg.ray)
         preflight("dpo", d)
         resolved["data"] = training_rows(cfg)

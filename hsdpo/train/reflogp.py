@@ -84,7 +84,13 @@ def _body(cfg: PipelineConfig, out: str, model_path: str) -> StageResult:
     scored = [r for r in got if np.isfinite(r["ref_chosen_logp"])]  # the means over pairs with text (no NaN)
     rows = {"pairs": len(got), **({"unscored_pairs": len(got) - len(scored)} if len(scored) < len(got) else {})}
     means = {f"mean_{k}": float(np.mean([r[k] for r in scored])) for k in ADDS} if scored else {}
-    return StageResult(stage="reflogp", output=c.output, path=out, rows=rows, metrics=means)
+    # what dpo checks its policy's tokenizer against: the special tokens in front of each prompt
+    from hsdpo.model import load_tokenizer
+    from hsdpo.train.tokenize import lead_specials
+
+    specials = lead_specials(load_tokenizer(model_path, cfg.model.trust_remote_code))
+    return StageResult(stage="reflogp", output=c.output, path=out, rows=rows, metrics=means,
+                       manifest={"prompt_specials": specials})
 
 
 def check_rows(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> None:

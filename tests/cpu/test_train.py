@@ -478,6 +478,7 @@ def test_a_reference_pool_larger_than_the_local_ray_is_refused_and_the_cache_sta
     with pytest.raises(InputError, match=r"^reflogp: 2 actors x 1 GPU \(reflogp.num_gpus\) is 2 in all and this local Ray has 0;"):
         run_reflogp(with_overrides(run[0], ["reflogp.num_gpus=1", "reflogp.concurrency=2"]))
     assert rd.manifest("ref_logps") == before and before["status"] == "complete"
+    assert before["prompt_specials"] == 0  # this tokenizer puts no BOS before a prompt (dpo checks it)
 
 
 def test_sft_from_scratch_trains_and_exports(run):

@@ -306,6 +306,23 @@ def test_dpo_refuses_reference_log_probs_of_another_max_length_from_any_reflogp_
         run_dpo(with_overrides(cfg, ["dpo.pairs_from=ref_other", f"dpo.init_from={tmp_path}/no_model"]))
 
 
+def test_dpo_refuses_reference_log_probs_scored_under_other_prompt_special_tokens(tmp_path, model_dir):
+    """A reflogp output records the special tokens it put before each prompt (a Llama-style BOS; none
+    for this tokenizer). One that differs from the policy tokenizer's, or that an older hsdpo wrote
+    without the record while the tokenizer adds a BOS, is refused before the stage."""
+    from hsdpo.rundir import write_json_atomic
+    from hsdpo.train.dpo import check_reference
+
+    cfg = with_overrides(_cfg(tmp_path), ["dpo.pairs_from=ref_other"])
+    _table(cfg, "ref_other", [GOOD])
+    check_reference(cfg, str(model_dir))  # no record: none were put there, as this tokenizer puts none
+    rd = RunDir(cfg.run_dir)
+    write_json_atomic(rd.path("ref_other", "_manifest.json"), {**rd.manifest("ref_other"), "prompt_specials": 1})
+    with pytest.raises(InputError, match=r"^dpo.pairs_from 'ref_other' holds reference log-probs scored with 1 special"
+                       r" token\(s\) before each prompt and the policy's tokenizer puts 0 there; score them again"):
+        check_reference(cfg, str(model_dir))
+
+
 def test_the_checkpoint_key_ignores_topology_but_not_the_precision_use_gpu_picks(tmp_path):
     from hsdpo.train.launch import checkpoint_root
 
