@@ -3,13 +3,14 @@
 Written against the public APIs pinned by the `vllm` extra (ray[llm] 2.60, which pins vllm 0.29.0):
 `ray.data.llm.vLLMEngineProcessorConfig` + `build_processor`, with per-row
 `vllm.SamplingParams` fields in a `sampling_params` column (temperature, top_p, max_tokens,
-stop, seed). Ray's own chat-template / tokenize / detokenize stages are off: the prompt is
-already formatted text (hsdpo.prompts), and vLLM tokenizes it and applies the stop strings
-itself, so the completion excludes the stop string and eos exactly as the `hf` backend does.
+stop, include_stop_str_in_output, seed). Ray's own chat-template / tokenize / detokenize stages
+are off: the prompt is already formatted text (hsdpo.prompts), and vLLM tokenizes it and applies
+the stop strings itself; the completion is cut before the stop string here and excludes eos,
+exactly as the `hf` backend's.
 
-The processor's output lacks vLLM's `finish_reason`, so it is derived as vLLM decides it: "length"
-when the engine produced `max_tokens` tokens or the prompt and its tokens filled `max_model_len`
-(when set), else "stop"; rows that fail carry `__inference_error__` (`should_continue_on_error`)
+The processor's output lacks vLLM's `finish_reason`, so it is derived: "stop" when the text holds a
+stop string, else "length" when the engine produced `max_tokens` tokens or the prompt and its
+tokens filled `max_model_len` (when set), else "stop"; rows that fail carry `__inference_error__` (`should_continue_on_error`)
 and become finish_reason "error" with the message in `error`. vLLM drops the prompt of a failed
 row, so the preprocess keeps a copy (PROMPT_COPY) and the samples keep theirs. vLLM's
 SamplingParams refuses a temperature above 2 and an empty stop string: the first is a one-line
@@ -72,9 +73,12 @@ def engine_pool(concurrency: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def sampling_params(cfg: SampleConfig, temperature: float) -> dict[str, Any]:
-    """vllm.SamplingParams fields shared by every row (the row adds its own `seed`)."""
-    return dict(temperature=temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
-                stop=[s for s in cfg.stop_strings if s])
+    """vllm.SamplingParams fields shared by every row (the row adds its own `seed`). The stop string
+    stays in the output (`to_sample_columns` cuts it): the processor's output has no finish reason,
+    and a stop string the last allowed token completed is then still seen as a stop."""
+    stops = [s for s in cfg.stop_strings if s]
+    return dict(temperature=temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens, stop=stops,
+                **({"include_stop_str_in_output": True} if stops else {}))
 
 
 def vllm_model_source(model_path: str) -> str:
@@ -96,7 +100,8 @@ def apply_vllm(ds: "Dataset", model_path: str, cfg: SampleConfig, *, temperature
     processor = build_vllm_processor(model_path, cfg, temperature, trust_remote_code)
     return processor(ds).map_batches(to_sample_columns, batch_format="numpy",
                                      fn_kwargs={"max_tokens": cfg.max_new_tokens, "columns": columns,
-                                                "max_model_len": engine_kwargs(cfg).get("max_model_len")})
+                                                "max_model_len": engine_kwargs(cfg).get("max_model_len"),
+                                                "stop_strings": [s for s in cfg.stop_strings if s]})
 
 
 def build_vllm_processor(model_path: str, cfg: SampleConfig, temperature: float, trust_remote_code: bool = False):
@@ -125,8 +130,10 @@ def build_vllm_processor(model_path: str, cfg: SampleConfig, temperature: float,
 
 
 def to_sample_columns(batch: dict[str, np.ndarray], max_tokens: int, columns: list[str],
-                      max_model_len: int | None = None) -> dict[str, np.ndarray]:
-    """The processor's output columns -> the samples schema (the hf backend's)."""
+                      max_model_len: int | None = None, stop_strings: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The processor's output columns -> the samples schema (the hf backend's): the text cut at its
+    first stop string (kept in vLLM's output, `sampling_params`), which makes the row a "stop" even
+    where that string came with the last allowed token."""
     n = len(batch["prompt"])
     errors = [str(e or "") for e in batch.get(ERROR_COLUMN, [""] * n)]
     texts = batch.get("generated_text", np.array([""] * n, dtype=object))
@@ -138,9 +145,15 @@ def to_sample_columns(batch: dict[str, np.ndarray], max_tokens: int, columns: li
     out = {c: batch[c] for c in columns}
     if PROMPT_COPY in batch and "prompt" in out:
         out["prompt"] = batch[PROMPT_COPY]
-    out["completion"] = np.array(["" if e or t is None else str(t) for t, e in zip(texts, errors)], dtype=object)
-    out["finish_reason"] = np.array(["error" if e else ("length" if f else "stop")
-                                     for f, e in zip(full, errors)], dtype=object)
+    completions, stopped = [], []
+    for t, e in zip(texts, errors):
+        text = "" if e or t is None else str(t)
+        cut = min((i for i in (text.find(s) for s in stop_strings or ()) if i >= 0), default=-1)
+        completions.append(text[:cut] if cut >= 0 else text)
+        stopped.append(cut >= 0)
+    out["completion"] = np.array(completions, dtype=object)
+    out["finish_reason"] = np.array(["error" if e else ("length" if f and not hit else "stop")
+                                     for f, e, hit in zip(full, errors, stopped)], dtype=object)
     out["num_tokens"] = np.where([bool(e) for e in errors], 0, counts).astype(np.int64)
     out["error"] = np.array(errors, dtype=object)
     return out

@@ -442,6 +442,12 @@ def test_vllm_finish_reason_and_prompt_follow_the_engine():
     out = to_sample_columns(batch, max_tokens=8, columns=["prompt"], max_model_len=16)
     assert list(out["finish_reason"]) == ["stop", "length", "error"] and list(out["prompt"]) == ["p", "p", "q"]
     assert list(to_sample_columns(batch, max_tokens=8, columns=["prompt"])["finish_reason"]) == ["stop", "stop", "error"]
+    # the stop string stays in vLLM's text (include_stop_str_in_output) and is cut here: a row whose
+    # last allowed token completed it is a "stop", as vLLM itself reports it
+    batch["generated_text"] = np.array(["a\nQuestion: more", "b\nQuestion:", ""], dtype=object)
+    batch["num_generated_tokens"] = np.array([8, 8, 0])
+    out = to_sample_columns(batch, max_tokens=8, columns=["prompt"], stop_strings=["\nQuestion:"])
+    assert list(out["completion"]) == ["a", "b", ""] and list(out["finish_reason"]) == ["stop", "stop", "error"]
 
 
 def test_vllm_settings_it_would_refuse_row_by_row_are_caught_first():
@@ -493,7 +499,8 @@ def test_vllm_processor_builds_from_our_config_with_rays_llm_api(ray_local, tiny
     assert (pool.min_size, pool.max_size) == (1, 3)
     row = processor.preprocess({"prompt": "Question: 1+1?\nAnswer: ", "seed": 7})
     params = next(iter(row.values()))["sampling_params"]
-    assert params == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 48, "stop": list(cfg.stop_strings), "seed": 7}
+    assert params == {"temperature": 0.7, "top_p": 0.95, "max_tokens": 48, "stop": list(cfg.stop_strings),
+                      "include_stop_str_in_output": True, "seed": 7}
 
 
 def test_vllm_model_source_from_a_uri_run_dir():
