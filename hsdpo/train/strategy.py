@@ -28,6 +28,7 @@ it (`ds_to_universal`) into a scratch folder of its own, and the engine is built
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 from datetime import timedelta
@@ -375,7 +376,8 @@ def full_state_dict(engine) -> dict[str, torch.Tensor] | None:
 
 
 def export_hf(engine, out_dir: str, base_model_path: str, tokenizer: Any, lora: bool) -> None:
-    """Consolidate and write a plain HF folder (config, safetensors, tokenizer); LoRA merged."""
+    """Consolidate and write a plain HF folder (config, generation config, safetensors, tokenizer);
+    LoRA merged."""
     from transformers import AutoModelForCausalLM
 
     state = full_state_dict(engine)  # collective under ZeRO-3
@@ -397,6 +399,11 @@ def export_hf(engine, out_dir: str, base_model_path: str, tokenizer: Any, lora: 
             raise RuntimeError(f"export: missing {missing[:3]}, unexpected {unexpected[:3]}")
         if lora:
             model = model.merge_and_unload()
+        # the base model's generation_config.json as it was loaded (its extra eos ids: an Instruct
+        # model's end-of-turn token; its sampling defaults), not one derived from config.json
+        base = inner.get_base_model() if lora else inner
+        if getattr(base, "generation_config", None) is not None:
+            model.generation_config = copy.deepcopy(base.generation_config)
         # training turns the KV cache off (build_policy); the exported model is for inference
         model.config.use_cache = True
         if model.generation_config is not None:

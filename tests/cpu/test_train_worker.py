@@ -7,7 +7,8 @@ it, with real DeepSpeed (gloo) and a micro Qwen2: each test runs a script in a f
 - ZeRO-2's gradient reduction in one pass after backward, against its per-parameter hooks;
 - `fused_clip` against DeepSpeed's own clipping and inf/NaN skip, and what a step reads back from
   the device;
-- a model with its own code (`trust_remote_code`) through training, export and reference log-probs.
+- a model with its own code (`trust_remote_code`) through training, export (its generation config
+  kept) and reference log-probs.
 """
 
 from __future__ import annotations
@@ -271,7 +272,9 @@ for trust in (False, True):
         out[str(trust)] = str(err).splitlines()[0]
 exported = AutoModelForCausalLM.from_pretrained(f"{custom}_out_True/model", trust_remote_code=True)
 ids = torch.tensor([[5, 6, 7]])
-out["exported"] = [type(exported).__name__, exported.generate(ids, max_new_tokens=3, do_sample=False).shape[1]]
+out["exported"] = [type(exported).__name__,
+                   exported.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False).shape[1]]
+out["generation"] = json.load(open(f"{custom}_out_True/model/generation_config.json"))
 scored = RefLogpActor(custom, 64, 16, False, trust_remote_code=True)(pd.DataFrame(rows))
 out["reflogp"] = scored["ref_chosen_logp"].tolist()
 print("RESULT", json.dumps(out), flush=True)
@@ -299,10 +302,17 @@ def test_a_model_with_its_own_code_trains_exports_and_scores_with_trust_remote_c
     (custom / "modeling_custom.py").write_text(
         "from transformers import Qwen2ForCausalLM\nfrom .configuration_custom import CustomConfig\n\n"
         "class CustomForCausalLM(Qwen2ForCausalLM):\n    config_class = CustomConfig\n")
+    # the base's own generation config (an Instruct model's extra end-of-turn eos id, its sampling
+    # defaults) travels to the export, where one derived from config.json would lose them
+    eos = config["eos_token_id"]
+    (custom / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [eos, config["vocab_size"] - 1], "temperature": 0.7, "top_p": 0.8, "do_sample": True}))
     out = _four_pair_worker(CUSTOM_CODE_WORKER, tiny_model_dir, tmp_path)
     assert isinstance(out["False"], str) and "contains custom code which must" in out["False"]  # transformers refuses
     assert len(out["True"]) == 2 and all(math.isfinite(x) for x in out["True"])
     assert out["exported"] == ["CustomForCausalLM", 6]
+    gen = out["generation"]
+    assert (gen["eos_token_id"], gen["temperature"], gen["top_p"]) == ([eos, config["vocab_size"] - 1], 0.7, 0.8)
     assert len(out["reflogp"]) == 4 and all(x < 0 for x in out["reflogp"])
     assert engine_kwargs(SampleConfig(), trust_remote_code=True)["trust_remote_code"] is True
     assert "trust_remote_code" not in engine_kwargs(SampleConfig())
