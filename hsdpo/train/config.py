@@ -85,7 +85,7 @@ class TrainConfig(StrictModel):
         0, ge=0, description="steps between held-out evaluations (0 = at the last step only); needs eval_fraction",
         json_schema_extra=RUN_ONLY)
     checkpoint_every: int = Field(
-        0, ge=0, description="report a Ray Train checkpoint every k steps (0 = only at the end)", json_schema_extra=RUN_ONLY)
+        0, ge=0, description="report a Ray Train checkpoint every k steps before the last (0 = none: a failure restarts from step 0)", json_schema_extra=RUN_ONLY)
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in storage", json_schema_extra=RUN_ONLY)
     max_failures: int = Field(
         0, ge=-1, description="Ray Train FailureConfig.max_failures (-1 = forever)", json_schema_extra=RUN_ONLY)

@@ -10,7 +10,9 @@ batch and runs it in micro-batches; when there are several, it first orders the 
 (stable), so a micro-batch pads to lengths close to its own. Losses are normalised by the *global* denominator (the batch's
 weight sum for DPO, its completion-token count for SFT), and the backward loss is multiplied by
 `accum * world` to undo DeepSpeed's averaging, so the gradient equals the full-batch gradient for
-any worker count and micro-batch size. Resume needs only the step number.
+any worker count and micro-batch size. Resume needs only the step number: each step reseeds torch
+from (seed, step, rank) (`step_seed`), so a resumed run draws the dropout masks the uninterrupted
+run drew.
 
 Metrics are detached tensors summed over micro-batches and reduced once per logged step; the
 step itself has no host sync.
@@ -320,6 +322,11 @@ def check_batching(kind: str, t: TrainConfig, world: int) -> int:
 
 # ---- the loop ------------------------------------------------------------------------------------
 
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """The torch seed of one rank's optimizer step (its dropout masks), from the run's seed."""
+    return (seed * 1_000_003 + step * 7_919 + rank * 104_729 + 1) % 2**63
+
+
 def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None, model=None,
                  tokenizer=None) -> list[dict[str, Any]]:
     """Train per `spec` (kind, cfg, model_path, tokenizer_path, out_dir, ckpt_dir, marker, use_ray,
@@ -366,6 +373,9 @@ def train_worker(spec: dict[str, Any], rows: list[dict[str, Any]] | None = None,
         resumed_at = start or None  # tagged on the first line logged after a resume
         for step in range(start, t.steps):
             inject_failure(t, spec, step, rank)
+            # the step's random draws (dropout) are a function of (seed, step, rank) alone: a run
+            # resumed at this step draws what the uninterrupted run drew
+            torch.manual_seed(step_seed(t.seed, step, rank))
             t0 = time.perf_counter()
             lr = engine.optimizer.param_groups[0]["lr"]
             sums, tokens, scored = run_step(task, engine, step, len(task), world, rank, device)

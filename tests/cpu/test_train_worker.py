@@ -8,7 +8,8 @@ it, with real DeepSpeed (gloo) and a micro Qwen2: each test runs a script in a f
 - `fused_clip` against DeepSpeed's own clipping and inf/NaN skip, and what a step reads back from
   the device;
 - a model with its own code (`trust_remote_code`) through training, export (its generation config
-  kept) and reference log-probs.
+  kept) and reference log-probs;
+- LoRA with dropout: a run resumed from its checkpoint draws the uninterrupted run's masks.
 """
 
 from __future__ import annotations
@@ -316,3 +317,37 @@ def test_a_model_with_its_own_code_trains_exports_and_scores_with_trust_remote_c
     assert len(out["reflogp"]) == 4 and all(x < 0 for x in out["reflogp"])
     assert engine_kwargs(SampleConfig(), trust_remote_code=True)["trust_remote_code"] is True
     assert "trust_remote_code" not in engine_kwargs(SampleConfig())
+
+
+DROPOUT_RESUME_WORKER = """
+import json, sys, tempfile
+from hsdpo.train.config import DPOConfig
+from hsdpo.train.worker import train_worker
+
+model_dir, rows_path = sys.argv[1:]
+rows = json.load(open(rows_path))
+out = {}
+for mode in ("straight", "crash"):
+    d = tempfile.mkdtemp()
+    cfg = DPOConfig(steps=4, batch_size=4, micro_batch_size=4, max_length=64, lr=1e-2, beta=0.5, checkpoint_every=2,
+                    min_lr_ratio=1.0, fail_at_step=3 if mode == "crash" else None,
+                    lora={"enabled": True, "r": 4, "alpha": 8, "dropout": 0.3})
+    spec = {"kind": "dpo", "cfg": cfg.model_dump(mode="json"), "model_path": model_dir, "tokenizer_path": model_dir,
+            "out_dir": None, "export": False, "ckpt_dir": d + "/ckpt", "marker": d + "/marker"}
+    try:
+        hist = train_worker(spec, rows=rows)
+    except RuntimeError:
+        hist = train_worker(spec, rows=rows)  # resumes from the step-2 checkpoint
+    out[mode] = [h["loss"] for h in hist]
+print("RESULT", json.dumps(out), flush=True)
+"""
+
+
+def test_lora_dropout_after_a_resume_draws_what_the_uninterrupted_run_drew(tiny_model_dir, tmp_path):
+    """Steps 3 and 4 of a run that failed at step 3 and resumed from its step-2 checkpoint: with
+    dropout on, the same losses as the run that never stopped (each step reseeds from the step, where
+    a resumed run used to start again from the first step's random state)."""
+    out = _four_pair_worker(DROPOUT_RESUME_WORKER, tiny_model_dir, tmp_path)
+    assert len(out["straight"]) == len(out["crash"]) == 4
+    assert out["crash"] == pytest.approx(out["straight"], rel=1e-6, abs=1e-6)
+    assert out["straight"][2] != out["straight"][1]  # it trains
