@@ -75,9 +75,20 @@ def _version(info: dict[str, Any]) -> str:
 
 
 def _listing(fs: Any, root: str) -> list[tuple[str, Any, str]]:
-    """(name relative to `root`, size, version) of each file at or under `root`, sorted."""
+    """(name relative to `root`, size, version) of each file at or under `root`, sorted. A local
+    symlink is known by its target's size and mtime (fsspec reports the link's own mtime)."""
     files = {name: info for name, info in fs.find(root, detail=True).items() if info.get("type") != "directory"}
-    return sorted((posixpath.relpath(name, root), info.get("size"), _version(info)) for name, info in files.items())
+    out = []
+    for name, info in files.items():
+        size, version = info.get("size"), _version(info)
+        if info.get("islink"):
+            try:
+                st = os.stat(name)
+                size, version = st.st_size, str(st.st_mtime)
+            except OSError:  # a dangling link
+                pass
+        out.append((posixpath.relpath(name, root), size, version))
+    return sorted(out)
 
 
 def fingerprint(path: str) -> str | None:

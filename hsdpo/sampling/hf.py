@@ -129,7 +129,7 @@ class CompletionStops:
             return hit
         rows = hit.nonzero().squeeze(-1).tolist()
         tails = input_ids[rows, self.prompt_len:][:, -self.window:].tolist()
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        texts = self.tokenizer.batch_decode(tails)  # special tokens kept: a stop string may be one (`<|im_end|>`)
         for row, text in zip(rows, texts):
             if not any(x in text for x in self.stops):
                 hit[row] = False

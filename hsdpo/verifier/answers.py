@@ -86,8 +86,10 @@ def _cap(s: str) -> str:
 
 # `#### Final Answer`, `#### Step 2: Total`: a markdown heading, not `#### N`. Content that opens
 # with a word of two or more letters and goes on is one; a lone word is an answer (`#### Evelyn`)
-# unless it is a heading's word. `#### x = 5` and `#### 72 clips` are answers.
-_HEADING_WORD = re.compile(r"[ \t*_]*[A-Za-z]{2,}\S*[ \t]+\S")
+# only on the solution's last line and when it is no heading's word (`#### Verification` followed
+# by more text is a heading). `#### x = 5` and `#### 72 clips` are answers.
+_HEADING_WORD = re.compile(r"[ \t*_]*[A-Za-z]{2}\S*[ \t]+\S")  # {2} then \S*: one way to match, linear
+_LONE_WORD = re.compile(r"[ \t*_]*[A-Za-z]{2}\S*[ \t*_:]*$")
 _HEADING_ALONE = re.compile(r"[ \t*_]*(?:answer|solution|summary|conclusion|explanation|steps?|results?)[ \t*_:]*$",
                             re.I)
 
@@ -97,6 +99,8 @@ def _hash_matches(text: str) -> list[tuple[int, str]]:
     for m in _HASH.finditer(text):
         raw = m.group(1)
         if not raw.strip() or _HEADING_LABEL.match(raw) or _HEADING_WORD.match(raw) or _HEADING_ALONE.match(raw):
+            continue
+        if _LONE_WORD.match(raw) and text[m.end():].strip():
             continue
         if tail := _marked_content(raw):
             out.append((m.start(), tail))
@@ -127,9 +131,10 @@ def _answer_is_matches(text: str) -> list[tuple[int, str]]:
 _LEAD_NUMBER = re.compile(
     r"(-?(?:\\?\$)?(?:\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?:\.\d+)?(?:/\d+)?"
     r"(?:[ \t]+(?:hundred|thousand|million|billion|trillion)\b)*)"  # a scale word is the number's (`$2 million`)
-    r"(?:[ \t]+(?!(?:times|plus|minus|over|divided|and|or|to|of|by|for|if)\b)[A-Za-z]+){0,3}"
+    r"(?:[ \t]+(?!(?:times|plus|minus|over|divided|and|or|to|of|by)\b)[A-Za-z]+){0,3}"
     r"[ \t]*(?:$|\(|[,;][ \t]*[A-Za-z]|\.\s"
-    r"|(?<=[ \t])(?:because|since|so|which|given|thus|hence)\b)"
+    r"|(?<=[ \t])(?:because|since|as|so|which|given|thus|hence|after|from|when|if|for)\b"
+    r"|(?<=[ \t])by\b(?![ \t]*\d))"  # `72 by adding them` is 72, `6 by 4` is a product
 )
 # A word, then a word of two or more letters, is prose, no answer: `First, we`. A word right
 # after `\\` or `{` starts none (`\\text{even}`, `\\frac{a}{b}`).

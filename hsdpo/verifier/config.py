@@ -19,8 +19,10 @@ from hsdpo.configbase import StrictModel
 # evaluate is off by orders of magnitude, one with no numeric value against a numeric gold of the
 # wrong kind (implausibility). 5: a scale word multiplies (`$2 million`), units may hold `/` and a
 # power (`5 km/h`). 6: `####` / `answer is` content not led by a number is read whole again (LaTeX,
-# word answers), a lone `#### Word` is an answer, a scale word is part of a marked number.
-VERIFIER_VERSION = 6
+# word answers), a lone `#### Word` is an answer, a scale word is part of a marked number. 7: a lone
+# `#### Word` only on the last line, the remark words after a number as before (`by` not before a
+# number), `m/s` a unit again.
+VERIFIER_VERSION = 7
 
 DEFAULT_CONSTANTS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 12, 24, 30, 31, 48, 52, 60, 100, 365, 366, 1000, 3600]
 

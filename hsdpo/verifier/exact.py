@@ -332,10 +332,13 @@ def has_operator(toks: list[Tok]) -> bool:
 
 
 _SCI = re.compile(r"([-+]?)(\d+(?:\.\d+)?|\.\d+)[eE]([-+]?\d{1,12})")
-# Unit words after the number: `72 clips`, `5 \\text{ cm}`; a word of two or more letters may go on
-# with `/` and a power (`5 km/h`, `5 cm^2`), a lone letter may not (`2 x^2`, `3 a/b` are algebra).
-_UNITS_TAIL = re.compile(r"(?:\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+[A-Za-z]{2,}[A-Za-z.'’]*(?:/[A-Za-z]+)*"
-                         r"(?:\^\{?\d\}?)?|\s+[A-Za-z][A-Za-z.'’]*)+\s*$")
+# Unit words after the number: `72 clips`, `5 \\text{ cm}`; a word of two or more letters, or metres'
+# `m`, may go on with `/` and a power (`5 km/h`, `5 cm^2`, `9.8 m/s^2`), another lone letter may not
+# (`2 x^2`, `3 a/b` are algebra).
+# Each word matches in one way only (no run of letters can be split between two quantifiers), so a
+# tail that is no unit fails in linear time per start.
+_UNITS_TAIL = re.compile(r"(?:\s*\\(?:text|mbox|mathrm)\{[^{}]*\}|\s+(?:m(?=[/^])|[A-Za-z][A-Za-z.'’]*"
+                         r"(?<=[A-Za-z.'’][A-Za-z.'’]))(?:/[A-Za-z]+)*(?:\^\{?\d\}?)?|\s+[A-Za-z])+\s*$")
 # A scale word right after the number multiplies it (`$2 million`, `3.5 thousand`); other words are units.
 _SCALE = re.compile(r"(?<=\d)((?:\s*(?:hundred|thousand|million|billion|trillion)\b)+)", re.I)
 SCALES = {"hundred": 100, "thousand": 1000, "million": 10**6, "billion": 10**9, "trillion": 10**12}

@@ -260,6 +260,15 @@ def test_a_data_file_or_model_folder_rewritten_outside_the_run_dir_leaves_its_st
     from hsdpo.rundir import fingerprint
 
     assert fingerprint("memory://nothing/here.jsonl") is None and fingerprint(str(tmp_path / "none")) is None
+    # weights behind a symlink (a hub-cache layout): the target rewritten in place changes the fingerprint
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "w").write_text("bb")
+    (tmp_path / "linked").mkdir()
+    os.symlink(tmp_path / "blobs" / "w", tmp_path / "linked" / "model.safetensors")
+    before = fingerprint(str(tmp_path / "linked"))
+    (tmp_path / "blobs" / "w").write_text("cc")  # same size
+    os.utime(tmp_path / "blobs" / "w", (2, 2))
+    assert fingerprint(str(tmp_path / "linked")) != before
 
 
 def test_a_run_dir_under_home_is_expanded_not_a_folder_named_tilde(tmp_path, monkeypatch):

@@ -39,6 +39,10 @@ def _hostile(tmp: Path) -> dict[str, str]:
         "answer_line_long": "Answer: " + "word, " * 200_000,
         "answer_line_digits": "Answer: " + "7" * 1_000_000 + " apples",
         "hash_dollars": "#### " + "$" * 300_000 + "x",
+        # unit words that are no unit tail: each word must match one way (this took minutes)
+        "unit_words": "#### 18 dollars were spent altogether during their weekend trip to the county fair 2",
+        "unit_words_long": "The answer is 1" + " aaaa" * 38 + " 5",
+        "heading_one_word": "#### " + "a" * 49_000,
         "inject_os": f"The answer is __import__('os').system('touch {tmp}/pwned1')",
         "inject_boxed": f"\\boxed{{__import__('os').system('touch {tmp}/pwned2')}}",
         "inject_eval": f"#### eval(\"open('{tmp}/pwned3', 'w')\")",

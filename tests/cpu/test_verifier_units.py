@@ -95,8 +95,13 @@ def _symbolic_child() -> None:
         ("#### Step 2: Total\n48 + 24 = 72\n\n**Answer:** 72", "72", "answer_line"),
         ("48 + 24 = 72\n#### The final answer is 72", "72", "answer_is"),
         ("#### 72 clips", "72", "hash"),
-        ("#### Evelyn", "Evelyn", "hash"),  # a lone word is an answer, a heading's word is not
+        ("#### Evelyn", "Evelyn", "hash"),  # a lone word on the last line is an answer, a heading's word is not
         ("#### Answer\n48 + 24 = 72", "72", "last_number"),
+        ("48 + 24 = 72.\n\\boxed{72}\n\n#### Verification\n24 + 48 = 72, correct.", "72", "boxed"),
+        ("The answer is 72.\n\n#### Note\nWe assumed she sold them all.", "72", "answer_is"),
+        ("The answer is 72 after adding 48 and 24.", "72", "answer_is"),
+        ("The answer is 72 from 48 + 24.", "72", "answer_is"),
+        ("The answer is 4 by adding 2 and 2", "4", "answer_is"),
         ("He earns $2 million a year.\n#### $2 million", "$2 million", "hash"),  # the scale word is the number's
         ("So the answer is 200 thousand dollars.", "200 thousand", "answer_is"),
         # what does not start with a number is read whole, as before: LaTeX, words, a product
@@ -173,7 +178,8 @@ def test_answers_equivalent(pred: str, gold: str, equal: bool) -> None:
      ("2 million", Fraction(2_000_000)), ("$1.5 million", Fraction(1_500_000)), ("3 thousand dollars", Fraction(3000)),
      ("-2 billion", Fraction(-2 * 10**9)), ("2 millionaires", Fraction(2)), ("two million", None),
      ("2 hundred thousand", Fraction(200_000)), ("5 km/h", Fraction(5)), ("5 cm^2", Fraction(5)),
-     ("2 x^2", None), ("3 a/b", None)],  # a lone letter with a power or a slash is algebra, not a unit
+     ("9.8 m/s^2", Fraction(49, 5)), ("60 m/s", Fraction(60)), ("5 a.m.", Fraction(5)),
+     ("2 x^2", None), ("3 a/b", None)],  # another lone letter with a power or a slash is algebra, not a unit
 )
 def test_parse_number(text: str, value: Fraction | None) -> None:
     assert parse_number(text) == value
