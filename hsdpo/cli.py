@@ -13,7 +13,8 @@ import sys
 from typing import Callable
 
 from hsdpo.config import STAGES, ConfigError, InputError, PipelineConfig, load_config
-from hsdpo.rundir import StageBusy, StageResult
+from hsdpo.rundir import StageResult
+from hsdpo.stagelock import StageBusy
 
 # stage -> "module:function"; imported lazily so `hsdpo --help` stays fast.
 RUNNERS = {

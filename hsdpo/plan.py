@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass
 
 from hsdpo.config import STAGES, ConfigError, PipelineConfig, StageSpec, with_overrides
-from hsdpo.rundir import RunDir
+from hsdpo.rundir import RunDir, is_uri
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,6 @@ def model_inputs(cfg: PipelineConfig, *refs: str) -> tuple[str, ...]:
 def model_files(cfg: PipelineConfig, *refs: str) -> tuple[str, ...]:
     """The refs that are model folders outside the run dir (a local path or a URI, not a stage or a
     hub id): a model retrained there in place leaves the stages that read it stale."""
-    from hsdpo.rundir import is_uri
-
     return tuple(dict.fromkeys(r for r in refs if not is_stage_ref(cfg, r)
                                and (is_uri(r) or os.path.isdir(os.path.expanduser(r)))))
 

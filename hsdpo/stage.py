@@ -13,7 +13,7 @@ what it refuses -- a model that cannot load, more workers than a local Ray has -
 stage's previous output as it was. So does a body that fails: the previous complete output waits
 in `<run_dir>/_previous/<output>` while the body runs, and is put back when it raises (or, after a
 killed run, when the stage next starts); the stage's disk use is the old output plus the new one.
-The whole of it runs under the stage's lock (`hsdpo.rundir.stage_lock`): a second run of the same
+The whole of it runs under the stage's lock (`hsdpo.stagelock.stage_lock`): a second run of the same
 stage on the same run dir is refused while the first runs.
 """
 
@@ -31,7 +31,8 @@ import pyarrow.parquet as pq
 from hsdpo.config import ConfigError, InputError, PipelineConfig, dump_config
 from hsdpo.configbase import first_line
 from hsdpo.plan import Plan, check_plan
-from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, fingerprint, join, list_files, stage_lock
+from hsdpo.rundir import FAILED, REJECTS, RunDir, StageResult, _fs, fingerprint, join, list_files
+from hsdpo.stagelock import stage_lock
 from hsdpo.verifier.config import VERIFIER_VERSION
 
 

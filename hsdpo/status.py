@@ -17,7 +17,8 @@ from typing import Any
 
 from hsdpo.config import PipelineConfig, depends_on
 from hsdpo.plan import plan, recipe_steps
-from hsdpo.rundir import FAILED, MANIFEST, PREVIOUS, RunDir, _fs, lock_holder
+from hsdpo.rundir import FAILED, MANIFEST, PREVIOUS, RunDir, _fs
+from hsdpo.stagelock import lock_holder
 from hsdpo.stage import config_hash
 from hsdpo.verifier.config import VERIFIER_VERSION
 

@@ -236,7 +236,8 @@ def test_a_second_run_of_a_stage_is_refused_while_the_first_holds_it_and_its_out
     import sys
 
     from hsdpo.data.stage import run_data
-    from hsdpo.rundir import RunDir, stage_lock
+    from hsdpo.rundir import RunDir
+    from hsdpo.stagelock import stage_lock
 
     run = tmp_path / "run"
     run_data(_synthetic(str(run)))
@@ -273,25 +274,25 @@ def test_a_stage_that_fails_releases_its_lock(tmp_path):
 def test_a_ctrl_c_just_after_the_lock_is_created_still_releases_it(tmp_path, monkeypatch):
     """The interrupt lands inside the create, after the file is in place (the window the Ctrl-C test
     hits on a loaded machine): the lock is removed on the way out; a busy lock is left to its holder."""
-    from hsdpo import rundir
+    from hsdpo import stagelock
 
-    create = rundir._create
+    create = stagelock._create
 
     def then_interrupted(fs, p, data):
         assert create(fs, p, data)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(rundir, "_create", then_interrupted)
+    monkeypatch.setattr(stagelock, "_create", then_interrupted)
     lock = tmp_path / "run" / "_locks" / "problems.json"
     with pytest.raises(KeyboardInterrupt):
-        with rundir.stage_lock(str(tmp_path / "run"), "problems"):
+        with stagelock.stage_lock(str(tmp_path / "run"), "problems"):
             pass
     assert not lock.exists()
-    monkeypatch.setattr(rundir, "_create", create)
-    with rundir.stage_lock(str(tmp_path / "run"), "problems"):
+    monkeypatch.setattr(stagelock, "_create", create)
+    with stagelock.stage_lock(str(tmp_path / "run"), "problems"):
         held = lock.read_bytes()
-        with pytest.raises(rundir.StageBusy):
-            with rundir.stage_lock(str(tmp_path / "run"), "problems"):
+        with pytest.raises(stagelock.StageBusy):
+            with stagelock.stage_lock(str(tmp_path / "run"), "problems"):
                 pass
         assert lock.read_bytes() == held  # the refused run leaves the holder's lock
     assert not lock.exists()
@@ -398,7 +399,7 @@ def test_a_lock_left_by_a_killed_run_is_taken_over(tmp_path, capfd):
     import time
 
     from hsdpo.data.stage import run_data
-    from hsdpo.rundir import STALE_S, StageBusy, _pid_namespace
+    from hsdpo.stagelock import STALE_S, StageBusy, _pid_namespace
 
     run = tmp_path / "run"
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
@@ -428,7 +429,7 @@ def test_of_runs_starting_at_once_exactly_one_takes_the_lock(where, tmp_path, re
     refused."""
     import threading
 
-    from hsdpo.rundir import StageBusy, stage_lock
+    from hsdpo.stagelock import StageBusy, stage_lock
 
     if where == "local without hard links":
         def no_links(src, dst):
@@ -463,11 +464,11 @@ def test_a_holder_renews_its_lock_while_it_runs(tmp_path, monkeypatch):
     import json
     import time
 
-    import hsdpo.rundir as rundir
+    from hsdpo import stagelock
 
-    monkeypatch.setattr(rundir, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(stagelock, "HEARTBEAT_S", 0.05)
     lock = tmp_path / "run" / "_locks" / "sft.json"
-    with rundir.stage_lock(str(tmp_path / "run"), "sft"):
+    with stagelock.stage_lock(str(tmp_path / "run"), "sft"):
         first = json.loads(lock.read_text())
         time.sleep(0.5)
         later = json.loads(lock.read_text())

@@ -12,7 +12,8 @@ from hsdpo.cli import main
 from hsdpo.config import load_config, with_overrides
 from hsdpo.data.stage import run_data
 from hsdpo.plan import plan
-from hsdpo.rundir import StageResult, stage_lock
+from hsdpo.rundir import StageResult
+from hsdpo.stagelock import stage_lock
 from hsdpo.stage import config_hash, run_stage
 from hsdpo.status import pipeline_status
 
